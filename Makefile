@@ -1,0 +1,53 @@
+# weft: `sudo make demo` runs a three-node cluster in network namespaces;
+# `make test` runs every test (root runs the namespace end-to-end tests too).
+
+GO       ?= go
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+FUZZTIME ?= 10s
+PREFIX   ?= /usr/local
+
+.PHONY: all build demo test check unit fuzz clean install
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/weft .
+	CGO_ENABLED=0 $(GO) build -trimpath -o bin/weftlab ./bench/cmd/weftlab
+
+demo: build
+	@command -v ping >/dev/null || { echo "demo needs ping: apt-get install -y iputils-ping"; exit 1; }
+	@[ "$$(id -u)" = 0 ] || { echo "demo needs root (network namespaces): sudo make demo"; exit 1; }
+	./bin/weftlab demo -weft ./bin/weft
+
+test: check unit fuzz
+
+# Formatting and vet: cheap, first.
+check:
+	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
+	  if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Unit, etcd and (as root) namespace end-to-end tests, with the race detector.
+unit:
+	@if [ "$$(id -u)" = 0 ] && ! command -v ping >/dev/null; then \
+	  echo "end-to-end tests need ping: apt-get install -y iputils-ping"; exit 1; fi
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Every fuzz target, each for FUZZTIME.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/weft-fuzz.log 2>&1 || { cat /tmp/weft-fuzz.log; exit 1; }; \
+	  done; \
+	done; echo "fuzz: all targets passed"
+
+install: build
+	install -D -m 0755 bin/weft $(DESTDIR)$(PREFIX)/bin/weft
+	install -D -m 0644 systemd/weft.service $(DESTDIR)/etc/systemd/system/weft.service
+	[ -e $(DESTDIR)/etc/default/weft ] || install -D -m 0644 systemd/weft.env $(DESTDIR)/etc/default/weft
+
+clean:
+	rm -rf bin

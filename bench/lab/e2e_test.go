@@ -1,0 +1,508 @@
+package lab
+
+// End-to-end tests: the real weft binary in network namespaces, against a
+// real etcd. They need root; as a normal user they skip, unless CI=true or
+// WEFT_E2E_REQUIRED=1, where skipping would hide a regression and they
+// fail instead. WEFT_BIN=path uses a prebuilt binary instead of building
+// one; WEFT_E2E_RACE=1 builds it with the race detector.
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const readyTimeout = 30 * time.Second
+
+var (
+	weftBin      string
+	weftBuildErr error
+)
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() == 0 {
+			dir, err := os.MkdirTemp("", "weftlab-bin-")
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "e2e: temp dir:", err)
+				return 1
+			}
+			defer os.RemoveAll(dir)
+			weftBin, weftBuildErr = buildWeft(dir)
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// buildWeft builds the daemon from the module root into dir, or returns
+// $WEFT_BIN.
+func buildWeft(dir string) (string, error) {
+	if p := os.Getenv("WEFT_BIN"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("WEFT_BIN: %w", err)
+		}
+		return filepath.Abs(p)
+	}
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	root := filepath.Dir(strings.TrimSpace(string(out)))
+	bin := filepath.Join(dir, "weft")
+	args := []string{"build", "-o", bin}
+	if os.Getenv("WEFT_E2E_RACE") == "1" {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command("go", append(args, ".")...)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build weft in %s: %w\n%s", root, err, out)
+	}
+	return bin, nil
+}
+
+// newE2ELab is newTestLab for tests that run weft: it needs the binary and
+// prints every node's log and the leases in etcd when the test failed.
+func newE2ELab(t *testing.T, opts Options) *Lab {
+	t.Helper()
+	requireRoot(t)
+	if weftBuildErr != nil {
+		t.Fatalf("no weft binary: %v", weftBuildErr)
+	}
+	opts.WeftBin = weftBin
+	opts.WeftArgs = append([]string{"-v=1"}, opts.WeftArgs...)
+	l := newTestLab(t, opts)
+	t.Cleanup(func() { // runs before newTestLab's Close
+		if !t.Failed() {
+			return
+		}
+		for i, n := range l.Nodes() {
+			t.Logf("----- log of %s (%s, pid %d) -----\n%s", n.Name, n.NS, l.PID(i), l.Log(i))
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if ls, err := l.Leases(ctx); err == nil {
+			for _, le := range ls {
+				t.Logf("etcd %s = %s (reserved=%v)", le.Key, le.Value, le.Reserved)
+			}
+		}
+	})
+	return l
+}
+
+// startAll starts every node at once and waits until all are ready.
+func startAll(t *testing.T, l *Lab, extraArgs ...string) {
+	t.Helper()
+	n := len(l.Nodes())
+	for i := range n {
+		if err := l.StartWeft(i, extraArgs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitAllReady(t, l)
+}
+
+func waitAllReady(t *testing.T, l *Lab) {
+	t.Helper()
+	n := len(l.Nodes())
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { errs[i] = l.WaitReady(i, readyTimeout) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func mustStatus(t *testing.T, l *Lab, i int) *Status {
+	t.Helper()
+	s, err := l.Status(i)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Lease == nil {
+		t.Fatalf("n%d /status has no lease: %+v", i, s)
+	}
+	return s
+}
+
+// waitPeers waits until node i's /status lists exactly the subnets want.
+func waitPeers(t *testing.T, l *Lab, i int, want []netip.Prefix, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s, err := l.Status(i)
+		if err == nil && len(s.Peers) == len(want) {
+			all := true
+			for _, p := range want {
+				all = all && s.HasPeer(p)
+			}
+			if all {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("n%d peers after %v: %+v (err %v), want %v", i, timeout, s, err, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// pingAll pings every ordered pair of pod addresses.
+func pingAll(t *testing.T, l *Lab) {
+	t.Helper()
+	n := len(l.Nodes())
+	for from := range n {
+		for to := range n {
+			if from == to {
+				continue
+			}
+			r, err := l.Ping(from, l.Pod(to).Addr(), 3)
+			if err != nil || !r.OK() {
+				t.Errorf("ping n%d %v -> n%d %v: %v, %d/%d back\n%s",
+					from, l.Pod(from), to, l.Pod(to), err, r.Received, r.Sent, r.Output)
+			}
+		}
+	}
+}
+
+// subnetOf returns node i's lease from /status.
+func subnetOf(t *testing.T, l *Lab, i int) netip.Prefix {
+	t.Helper()
+	return mustStatus(t, l, i).Lease.Subnet
+}
+
+// (a) Three nodes: leases, subnet.env, device, peers, every pair pings
+// through the tunnel and a TCP stream arrives byte-exact.
+func TestE2EThreeNodes(t *testing.T) {
+	l := newE2ELab(t, Options{Nodes: 3})
+	startAll(t, l)
+
+	network := netip.MustParsePrefix("198.19.0.0/16")
+	subnets := make([]netip.Prefix, 3)
+	for i, n := range l.Nodes() {
+		s := mustStatus(t, l, i)
+		subnets[i] = s.Lease.Subnet
+		if !s.Ready || s.Lease.PublicIP != n.Addr || s.Lease.Subnet.Bits() != 24 ||
+			!network.Contains(s.Lease.Subnet.Addr()) || s.Lease.Reserved {
+			t.Errorf("n%d status: ready=%v lease=%+v, want a /24 in %v for %v", i, s.Ready, *s.Lease, network, n.Addr)
+		}
+		if s.Device != "udp0" || s.MTU != 1472 {
+			t.Errorf("n%d device %q mtu %d, want udp0 1472", i, s.Device, s.MTU)
+		}
+		if exp := time.Until(s.Lease.Expiration); exp < 23*time.Hour || exp > 25*time.Hour {
+			t.Errorf("n%d lease expires in %v, want about 24h", i, exp)
+		}
+		env, err := ReadSubnetEnv(n.SubnetFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := s.Lease.Subnet.Addr().Next()
+		want := map[string]string{
+			"FLANNEL_NETWORK": "198.19.0.0/16",
+			"FLANNEL_SUBNET":  netip.PrefixFrom(first, 24).String(),
+			"FLANNEL_MTU":     "1472",
+			"FLANNEL_IPMASQ":  "false",
+		}
+		for k, v := range want {
+			if env[k] != v {
+				t.Errorf("n%d subnet.env %s=%q, want %q", i, k, env[k], v)
+			}
+		}
+		if len(env) != len(want) {
+			t.Errorf("n%d subnet.env has %d keys, want %d: %v", i, len(env), len(want), env)
+		}
+		if l.Pod(i).Addr() != first {
+			t.Errorf("n%d pod address %v, want %v", i, l.Pod(i), first)
+		}
+		out, err := l.Command(t.Context(), i, "ip", "-o", "-4", "addr", "show", "dev", "udp0").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), s.Lease.Subnet.Addr().String()+"/32") {
+			t.Errorf("n%d udp0 address: %v: %s", i, err, out)
+		}
+		out, err = l.Command(t.Context(), i, "ip", "-4", "route", "show", "198.19.0.0/16").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "dev udp0") {
+			t.Errorf("n%d route to the network: %v: %s", i, err, out)
+		}
+	}
+	if subnets[0] == subnets[1] || subnets[1] == subnets[2] || subnets[0] == subnets[2] {
+		t.Fatalf("subnets not distinct: %v", subnets)
+	}
+	leases, err := l.Leases(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leases) != 3 {
+		t.Fatalf("%d leases in etcd, want 3: %+v", len(leases), leases)
+	}
+	for _, le := range leases {
+		i := int(le.PublicIP.As4()[3]) - 10
+		if i < 0 || i > 2 || subnets[i] != le.Subnet || le.Reserved {
+			t.Errorf("etcd lease %s = %s does not match the nodes' %v", le.Key, le.Value, subnets)
+		}
+	}
+	for i := range 3 {
+		var others []netip.Prefix
+		for j := range 3 {
+			if j != i {
+				others = append(others, subnets[j])
+			}
+		}
+		waitPeers(t, l, i, others, 10*time.Second)
+	}
+
+	pingAll(t, l)
+
+	const size = 32 << 20
+	before := mustStatus(t, l, 2).Counters
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	r, err := l.Transfer(ctx, 0, 2, size)
+	if err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	if !r.Match() || r.Bytes != size {
+		t.Fatalf("transfer not byte-exact: %+v", r)
+	}
+	t.Logf("transfer n0 -> n2: %d bytes in %v (%.2f Gb/s)", r.Bytes, r.Duration, r.Gbps())
+	after := mustStatus(t, l, 2).Counters
+	if after.RxBytes-before.RxBytes < size {
+		t.Errorf("n2 rxBytes grew by %d during a %d-byte transfer", after.RxBytes-before.RxBytes, size)
+	}
+}
+
+// (b) A node keeps its subnet across SIGTERM + start and kill -9 + start.
+func TestE2ERestartKeepsSubnet(t *testing.T) {
+	l := newE2ELab(t, Options{Nodes: 2})
+	startAll(t, l)
+	want := subnetOf(t, l, 0)
+	waitPeers(t, l, 1, []netip.Prefix{want}, 10*time.Second)
+
+	code, err := l.StopWeft(0)
+	if err != nil || code != 0 {
+		t.Fatalf("SIGTERM: exit %d, %v; want 0", code, err)
+	}
+	if out, err := l.Command(t.Context(), 0, "ip", "link", "show", "udp0").CombinedOutput(); err == nil {
+		t.Errorf("udp0 still exists after SIGTERM:\n%s", out)
+	}
+	leases, err := l.Leases(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := false
+	for _, le := range leases {
+		kept = kept || (le.Subnet == want && le.PublicIP == l.Node(0).Addr)
+	}
+	if !kept {
+		t.Errorf("lease %v gone from etcd after SIGTERM: %+v", want, leases)
+	}
+
+	for _, how := range []string{"SIGTERM", "SIGKILL"} {
+		if how == "SIGKILL" {
+			if err := l.KillWeft(0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := l.StartWeft(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.WaitReady(0, readyTimeout); err != nil {
+			t.Fatal(err)
+		}
+		if got := subnetOf(t, l, 0); got != want {
+			t.Fatalf("after %s and start: subnet %v, want %v", how, got, want)
+		}
+		waitPeers(t, l, 0, []netip.Prefix{subnetOf(t, l, 1)}, 10*time.Second)
+		pingAll(t, l)
+	}
+	if t.Failed() {
+		return
+	}
+	leases, err = l.Leases(t.Context())
+	if err != nil || len(leases) != 2 {
+		t.Errorf("leases after restarts: %+v, %v; want 2", leases, err)
+	}
+}
+
+// (c) Deleting a node's lease removes it from the others' peers, and the
+// node itself exits non-zero.
+func TestE2ELeaseDeleted(t *testing.T) {
+	l := newE2ELab(t, Options{Nodes: 3})
+	startAll(t, l)
+	var subnets [3]netip.Prefix
+	for i := range 3 {
+		subnets[i] = subnetOf(t, l, i)
+	}
+	waitPeers(t, l, 0, []netip.Prefix{subnets[1], subnets[2]}, 10*time.Second)
+	waitPeers(t, l, 1, []netip.Prefix{subnets[0], subnets[2]}, 10*time.Second)
+
+	if err := l.DeleteLease(t.Context(), subnets[2]); err != nil {
+		t.Fatal(err)
+	}
+	waitPeers(t, l, 0, []netip.Prefix{subnets[1]}, 5*time.Second)
+	waitPeers(t, l, 1, []netip.Prefix{subnets[0]}, 5*time.Second)
+	code, err := l.WaitExit(2, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code == 0 {
+		t.Errorf("n2 exited 0 after its lease was deleted; want non-zero")
+	}
+	// The survivors still talk.
+	if r, err := l.Ping(0, l.Pod(1).Addr(), 2); err != nil || !r.OK() {
+		t.Errorf("n0 -> n1 after n2 left: %+v, %v", r, err)
+	}
+}
+
+// (d) A daemon started while etcd is down says so in its log and becomes
+// ready once etcd is up.
+func TestE2EEtcdDownAtStart(t *testing.T) {
+	l := newE2ELab(t, Options{Nodes: 1})
+	if err := l.StopEtcd(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartWeft(0); err != nil {
+		t.Fatal(err)
+	}
+	// One line of weft's own output must name etcd and its trouble.
+	mentions := func() bool {
+		for line := range strings.Lines(strings.ToLower(l.Log(0))) {
+			if strings.HasPrefix(line, "=== weftlab") || !strings.Contains(line, "etcd") {
+				continue
+			}
+			for _, w := range []string{"unreachable", "unavailable", "cannot", "can't", "refused", "retrying", "connect"} {
+				if strings.Contains(line, w) {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !mentions() {
+		if !l.Running(0) {
+			t.Fatalf("weft exited while etcd was down:\n%s", l.Log(0))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log does not mention etcd being unreachable after 15s:\n%s", l.Log(0))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if l.Ready(0) {
+		t.Fatal("ready while etcd is down")
+	}
+	if err := l.StartEtcd(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := l.WaitReady(0, readyTimeout); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("ready %v after etcd came up", time.Since(start).Round(time.Millisecond))
+	leases, err := l.Leases(t.Context())
+	if err != nil || len(leases) != 1 || leases[0].PublicIP != l.Node(0).Addr {
+		t.Errorf("leases: %+v, %v", leases, err)
+	}
+}
+
+// (e) Two nodes race for a network with exactly two subnets: both get
+// one, never the same. Several rounds, starting from scratch each time, so
+// that the random choice collides in some of them.
+func TestE2ESubnetRace(t *testing.T) {
+	const config = `{"Network":"198.19.0.0/16","SubnetLen":24,"SubnetMin":"198.19.1.0","SubnetMax":"198.19.2.0","Backend":{"Type":"udp"}}`
+	l := newE2ELab(t, Options{Nodes: 2, NetworkConfig: config})
+	want := map[netip.Prefix]bool{
+		netip.MustParsePrefix("198.19.1.0/24"): true,
+		netip.MustParsePrefix("198.19.2.0/24"): true,
+	}
+	for round := range 3 {
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for i := range 2 {
+			wg.Go(func() { errs[i] = l.StartWeft(i) })
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitAllReady(t, l)
+		a, b := subnetOf(t, l, 0), subnetOf(t, l, 1)
+		if a == b || !want[a] || !want[b] {
+			t.Fatalf("round %d: subnets %v and %v, want 198.19.1.0/24 and 198.19.2.0/24 in some order", round, a, b)
+		}
+		pingAll(t, l)
+		for i := range 2 {
+			if code, err := l.StopWeft(i); err != nil || code != 0 {
+				t.Fatalf("round %d: stop n%d: exit %d, %v", round, i, code, err)
+			}
+			// Forget the previous lease so the next round races again.
+			if err := l.DeleteLease(t.Context(), []netip.Prefix{a, b}[i]); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(l.Node(i).SubnetFile); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// (f) flanneld's command-line conventions: single-dash flags and
+// FLANNELD_* environment variables, the command line winning over the
+// environment. The prefix is not the default, so a daemon that ignored
+// FLANNELD_ETCD_PREFIX would never find its config.
+func TestE2EFlanneldStyle(t *testing.T) {
+	const prefix = "/weftlab.test/network"
+	l := newE2ELab(t, Options{Nodes: 2, Prefix: prefix})
+	n0, n1 := l.Node(0), l.Node(1)
+
+	// n0: single-dash flags, the prefix from the environment.
+	if err := l.StartWeftWith(0, []string{
+		"-etcd-endpoints=" + l.EtcdEndpoint(),
+		"-subnet-file=" + n0.SubnetFile,
+		"-healthz-ip=0.0.0.0",
+		fmt.Sprintf("-healthz-port=%d", HealthzPort),
+		"-iface=eth0",
+	}, []string{"FLANNELD_ETCD_PREFIX=" + prefix}); err != nil {
+		t.Fatal(err)
+	}
+	// n1: everything from the environment but the subnet file, which the
+	// command line overrides.
+	decoy := filepath.Join(n1.Dir, "decoy", "subnet.env")
+	if err := l.StartWeftWith(1, []string{"-subnet-file", n1.SubnetFile}, []string{
+		"FLANNELD_ETCD_ENDPOINTS=" + l.EtcdEndpoint(),
+		"FLANNELD_ETCD_PREFIX=" + prefix,
+		"FLANNELD_SUBNET_FILE=" + decoy,
+		"FLANNELD_HEALTHZ_IP=0.0.0.0",
+		fmt.Sprintf("FLANNELD_HEALTHZ_PORT=%d", HealthzPort),
+		"FLANNELD_IFACE=eth0",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitAllReady(t, l)
+	if _, err := os.Stat(decoy); err == nil {
+		t.Errorf("n1 wrote the environment's subnet file %s although -subnet-file was given", decoy)
+	}
+	leases, err := l.Leases(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(leases) != 2 || !strings.HasPrefix(leases[0].Key, prefix+"/subnets/") {
+		t.Fatalf("leases under %s: %+v", prefix, leases)
+	}
+	waitPeers(t, l, 0, []netip.Prefix{subnetOf(t, l, 1)}, 10*time.Second)
+	waitPeers(t, l, 1, []netip.Prefix{subnetOf(t, l, 0)}, 10*time.Second)
+	pingAll(t, l)
+}

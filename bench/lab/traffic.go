@@ -1,0 +1,285 @@
+package lab
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// PingResult is what ping(8) reported.
+type PingResult struct {
+	Sent, Received int
+	// Loss is the lost fraction, 0..1.
+	Loss          float64
+	Min, Avg, Max time.Duration // zero when nothing came back
+	Output        string
+}
+
+// OK reports whether every echo came back.
+func (r PingResult) OK() bool { return r.Sent > 0 && r.Received == r.Sent }
+
+// Ping runs `ping -c count -i 0.2 -W 1 [-I pod] to` in node from's
+// namespace. The source is from's pod address once WaitReady set it, so the
+// echo crosses the tunnel both ways. Lost echoes are a result, not an error;
+// the error reports a ping that could not run or whose output is unreadable.
+func (l *Lab) Ping(from int, to netip.Addr, count int) (PingResult, error) {
+	n, err := l.node(from)
+	if err != nil {
+		return PingResult{}, err
+	}
+	if count < 1 {
+		count = 1
+	}
+	args := []string{"netns", "exec", n.NS, "ping", "-n", "-c", strconv.Itoa(count), "-i", "0.2", "-W", "1"}
+	if pod := l.Pod(from); pod.IsValid() {
+		args = append(args, "-I", pod.Addr().String())
+	}
+	args = append(args, to.String())
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	res, perr := ParsePing(string(out))
+	if perr != nil {
+		if err != nil {
+			return res, fmt.Errorf("lab: ping %s from %s: %w: %s", to, n.Name, err, trimOut(out))
+		}
+		return res, fmt.Errorf("lab: ping %s from %s: %w", to, n.Name, perr)
+	}
+	// ping exits 1 when replies were missing: that is in res. Other
+	// failures (exit 2: bad source address, no route) left no summary and
+	// were reported above.
+	return res, nil
+}
+
+var (
+	pingCountRe = regexp.MustCompile(`(\d+) packets transmitted, (\d+) (?:packets )?received`)
+	pingRTTRe   = regexp.MustCompile(`(?:rtt|round-trip) min/avg/max(?:/mdev)? = ([\d.]+)/([\d.]+)/([\d.]+)`)
+)
+
+// ParsePing reads the summary of iputils or busybox ping output.
+func ParsePing(out string) (PingResult, error) {
+	res := PingResult{Output: out}
+	m := pingCountRe.FindStringSubmatch(out)
+	if m == nil {
+		return res, errors.New("no packet summary in ping output")
+	}
+	sent, err1 := strconv.Atoi(m[1])
+	recv, err2 := strconv.Atoi(m[2])
+	if err1 != nil || err2 != nil || sent < 0 || recv < 0 {
+		return res, fmt.Errorf("bad packet summary %q", m[0])
+	}
+	res.Sent, res.Received = sent, recv
+	switch {
+	case sent == 0:
+		res.Loss = 1
+	case recv >= sent: // duplicates can make recv exceed sent
+		res.Loss = 0
+	default:
+		res.Loss = float64(sent-recv) / float64(sent)
+	}
+	if r := pingRTTRe.FindStringSubmatch(out); r != nil {
+		res.Min, res.Avg, res.Max = msDuration(r[1]), msDuration(r[2]), msDuration(r[3])
+	}
+	return res, nil
+}
+
+func msDuration(s string) time.Duration {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f < 0 || f > 1e9 {
+		return 0
+	}
+	return time.Duration(f * float64(time.Millisecond))
+}
+
+// TransferResult is one TCP transfer.
+type TransferResult struct {
+	From, To netip.AddrPort
+	Bytes    int64         // bytes the receiver got
+	Duration time.Duration // from the first byte written to the receiver's EOF
+	Sent     [sha256.Size]byte
+	Received [sha256.Size]byte
+}
+
+// Match reports a byte-exact transfer: same SHA-256 both ends.
+func (r TransferResult) Match() bool { return r.Sent == r.Received }
+
+// Gbps is the goodput in Gb/s.
+func (r TransferResult) Gbps() float64 {
+	if r.Duration <= 0 {
+		return 0
+	}
+	return float64(r.Bytes) * 8 / r.Duration.Seconds() / 1e9
+}
+
+// ErrMismatch: the receiver's SHA-256 differs from the sender's.
+var ErrMismatch = errors.New("received data differs from sent data")
+
+// Transfer sends nbytes of pseudo-random data over one TCP connection from
+// node from's pod address to a listener on node to's pod address (both set
+// by WaitReady), and compares SHA-256 at both ends. The result is filled as
+// far as the transfer got; the error wraps ErrMismatch on a hash mismatch.
+func (l *Lab) Transfer(ctx context.Context, from, to int, nbytes int64) (TransferResult, error) {
+	for _, i := range []int{from, to} {
+		if _, err := l.node(i); err != nil {
+			return TransferResult{}, err
+		}
+		if !l.Pod(i).IsValid() {
+			return TransferResult{}, fmt.Errorf("lab: transfer: node %d has no pod address yet (WaitReady)", i)
+		}
+	}
+	return l.TransferAddr(ctx, from, l.Pod(from).Addr(), to, l.Pod(to).Addr(), nbytes)
+}
+
+// TransferAddr is Transfer between explicit addresses: src on node from,
+// dst on node to (for example the underlay addresses, for a baseline).
+func (l *Lab) TransferAddr(ctx context.Context, from int, src netip.Addr, to int, dst netip.Addr, nbytes int64) (TransferResult, error) {
+	nf, err := l.node(from)
+	if err != nil {
+		return TransferResult{}, err
+	}
+	nt, err := l.node(to)
+	if err != nil {
+		return TransferResult{}, err
+	}
+	if nbytes < 0 {
+		return TransferResult{}, fmt.Errorf("lab: transfer of %d bytes", nbytes)
+	}
+	what := fmt.Sprintf("transfer %s %s -> %s %s", nf.Name, src, nt.Name, dst)
+
+	var ln *net.TCPListener
+	if err := inNetns(nt.ns, func() (err error) {
+		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(dst, 0)))
+		return err
+	}); err != nil {
+		return TransferResult{}, fmt.Errorf("lab: %s: listen in %s: %w", what, nt.NS, err)
+	}
+	defer ln.Close()
+	res := TransferResult{To: ln.Addr().(*net.TCPAddr).AddrPort()}
+
+	// Whatever blocks (accept, dial, read, write) is unblocked by closing
+	// its socket when ctx ends.
+	var cl closers
+	defer cl.closeAll()
+	cl.add(ln)
+	stop := context.AfterFunc(ctx, cl.closeAll)
+	defer stop()
+
+	var conn *net.TCPConn
+	if err := inNetns(nf.ns, func() error {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+		c, err := d.DialContext(ctx, "tcp4", res.To.String())
+		if err != nil {
+			return err
+		}
+		conn = c.(*net.TCPConn)
+		return nil
+	}); err != nil {
+		return res, fmt.Errorf("lab: %s: connect from %s: %w", what, nf.NS, err)
+	}
+	cl.add(conn)
+	res.From = conn.LocalAddr().(*net.TCPAddr).AddrPort()
+
+	pc, err := ln.AcceptTCP()
+	if err != nil {
+		return res, fmt.Errorf("lab: %s: accept: %w", what, errors.Join(ctx.Err(), err))
+	}
+	cl.add(pc)
+	if pc.RemoteAddr().(*net.TCPAddr).AddrPort() != res.From {
+		return res, fmt.Errorf("lab: %s: accepted %s, not our %s", what, pc.RemoteAddr(), res.From)
+	}
+
+	type recvResult struct {
+		n   int64
+		sum [sha256.Size]byte
+		end time.Time
+		err error
+	}
+	rc := make(chan recvResult, 1)
+	go func() {
+		h := sha256.New()
+		n, err := io.CopyBuffer(h, pc, make([]byte, 256<<10))
+		r := recvResult{n: n, end: time.Now(), err: err}
+		h.Sum(r.sum[:0])
+		rc <- r
+	}()
+
+	start := time.Now()
+	sum, werr := writeRandom(conn, nbytes)
+	res.Sent = sum
+	if werr == nil {
+		werr = conn.CloseWrite()
+	}
+	if werr != nil {
+		conn.Close() // unblock the receiver
+	}
+	r := <-rc
+	res.Bytes, res.Received, res.Duration = r.n, r.sum, r.end.Sub(start)
+	if err := errors.Join(werr, r.err); err != nil {
+		return res, fmt.Errorf("lab: %s: after %d of %d bytes: %w", what, r.n, nbytes, errors.Join(ctx.Err(), err))
+	}
+	if r.n != nbytes || !res.Match() {
+		return res, fmt.Errorf("lab: %s: %w (%d of %d bytes, sha256 %x sent, %x received)",
+			what, ErrMismatch, r.n, nbytes, res.Sent[:8], res.Received[:8])
+	}
+	return res, nil
+}
+
+// writeRandom writes n bytes of a ChaCha8 stream seeded from the clock
+// (so each transfer differs) and returns their SHA-256.
+func writeRandom(w io.Writer, n int64) ([sha256.Size]byte, error) {
+	var seed [32]byte
+	binary.LittleEndian.PutUint64(seed[:], uint64(time.Now().UnixNano()))
+	src := rand.NewChaCha8(seed)
+	h := sha256.New()
+	buf := make([]byte, 256<<10)
+	var sum [sha256.Size]byte
+	for n > 0 {
+		chunk := buf[:min(int64(len(buf)), n)]
+		_, _ = src.Read(chunk) // never fails
+		h.Write(chunk)
+		if _, err := w.Write(chunk); err != nil {
+			h.Sum(sum[:0])
+			return sum, err
+		}
+		n -= int64(len(chunk))
+	}
+	h.Sum(sum[:0])
+	return sum, nil
+}
+
+// closers closes a growing set of sockets once; a socket added after
+// closeAll is closed at once.
+type closers struct {
+	mu   sync.Mutex
+	done bool
+	cs   []io.Closer
+}
+
+func (c *closers) add(x io.Closer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		x.Close()
+		return
+	}
+	c.cs = append(c.cs, x)
+}
+
+func (c *closers) closeAll() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.done = true
+	for _, x := range c.cs {
+		x.Close()
+	}
+	c.cs = nil
+}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// Set at build time by the Makefile (-ldflags "-X main.version=... -X main.commit=...").
+var (
+	version = "dev"
+	commit  = ""
+)
+
+// options holds every flag. Names and defaults follow flanneld's, so a
+// flanneld unit's ExecStart line works unchanged.
+type options struct {
+	etcdEndpoints string
+	etcdPrefix    string
+	etcdKeyFile   string
+	etcdCertFile  string
+	etcdCAFile    string
+	etcdUsername  string
+	etcdPassword  string
+
+	ifaces        []string
+	ifaceRegexes  []string
+	ifaceCanReach string
+	publicIP      string
+
+	ipMasq               bool
+	iptablesForwardRules bool
+	iptablesResync       int
+
+	subnetFile        string
+	renewMarginMinute int
+	healthzIP         string
+	healthzPort       int
+	verbosity         int
+	printVersion      bool
+
+	// weft's own additions.
+	tunName string
+	mtu     int
+}
+
+func (o *options) etcdFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated etcd endpoints")
+	fs.StringVar(&o.etcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix holding config and subnets")
+	fs.StringVar(&o.etcdKeyFile, "etcd-keyfile", "", "TLS client key for etcd (used with -etcd-certfile)")
+	fs.StringVar(&o.etcdCertFile, "etcd-certfile", "", "TLS client certificate for etcd (used with -etcd-keyfile)")
+	fs.StringVar(&o.etcdCAFile, "etcd-cafile", "", "CA bundle to verify etcd's certificate")
+	fs.StringVar(&o.etcdUsername, "etcd-username", "", "etcd user name")
+	fs.StringVar(&o.etcdPassword, "etcd-password", "", "etcd password")
+}
+
+func (o *options) daemonFlags(fs *pflag.FlagSet) {
+	fs.StringArrayVar(&o.ifaces, "iface", nil, "interface name or IP for the underlay (repeatable; first match wins; default: the default route's)")
+	fs.StringArrayVar(&o.ifaceRegexes, "iface-regex", nil, "regex matched against interface IPs, then names (repeatable)")
+	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface that routes to this IP")
+	fs.StringVar(&o.publicIP, "public-ip", "", "PublicIP to publish in the lease (default: the interface's IP)")
+	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade traffic leaving the overlay network (not yet implemented by weft)")
+	fs.BoolVar(&o.iptablesForwardRules, "iptables-forward-rules", true, "add FORWARD accept rules for the network (not yet implemented by weft)")
+	fs.IntVar(&o.iptablesResync, "iptables-resync", 5, "seconds between rule checks")
+	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "file the lease is written to (flannel's subnet.env)")
+	fs.IntVar(&o.renewMarginMinute, "subnet-lease-renew-margin", 60, "renew the lease this many minutes before it expires (1..1439)")
+	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "address for /healthz, /readyz and /status")
+	fs.IntVar(&o.healthzPort, "healthz-port", 0, "port for /healthz, /readyz and /status (0: off)")
+	fs.IntVar(&o.verbosity, "v", 0, "log verbosity (0: info, 1 and more: debug)")
+	fs.BoolVar(&o.printVersion, "version", false, "print the version and exit")
+	fs.StringVar(&o.tunName, "tun-name", "udp0", "name of the TUN device")
+	fs.IntVar(&o.mtu, "mtu", 0, "TUN MTU (0: the interface's MTU minus 28)")
+}
+
+// execute runs weft with args (without the program name).
+func execute(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	root := newRootCommand(stdout, stderr)
+	root.SetArgs(normalizeArgs(root, args))
+	return root.ExecuteContext(ctx)
+}
+
+func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
+	o := &options{}
+	root := &cobra.Command{
+		Use:   "weft [flags]",
+		Short: "weft: flannel's udp backend, fast and safe (a drop-in replacement for flanneld)",
+		Long: `weft replaces flanneld running the udp backend against etcd v3. It reads the
+network config from <etcd-prefix>/config, leases a subnet under
+<etcd-prefix>/subnets, creates the TUN device, routes the network through it
+and forwards packets to the other nodes over UDP, with flannel's wire format.
+
+Flags take flanneld's names and defaults, in -flag=value or --flag=value form,
+or from FLANNELD_<NAME> environment variables (the command line wins).`,
+		Args:          cobra.NoArgs,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			if o.printVersion {
+				fmt.Fprintln(stdout, versionString())
+				return nil
+			}
+			return runDaemon(cmd.Context(), o, stderr)
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	o.etcdFlags(root.PersistentFlags())
+	o.daemonFlags(root.Flags())
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error {
+		return fmt.Errorf("%w (see 'weft --help')", err)
+	})
+
+	root.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "print the version, commit and Go version",
+		Args:  cobra.NoArgs,
+		Run: func(*cobra.Command, []string) {
+			fmt.Fprintln(stdout, versionString())
+		},
+	})
+	root.AddCommand(newConfigCommand(o, stdout))
+	return root
+}
+
+func versionString() string {
+	c := commit
+	if c == "" {
+		c = "unknown"
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" {
+					c = s.Value
+				}
+			}
+		}
+	}
+	return fmt.Sprintf("weft %s (commit %s, %s %s/%s)", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// normalizeArgs turns flanneld-style single-dash long flags (-etcd-prefix=x)
+// into the double-dash form pflag parses (spf13/pflag#147). Single letters
+// stay shorthands (-f, -o), except where a long flag of that name exists
+// (-v=2). Everything after "--" is left alone.
+func normalizeArgs(root *cobra.Command, args []string) []string {
+	long := map[string]bool{}
+	collect := func(fs *pflag.FlagSet) {
+		fs.VisitAll(func(f *pflag.Flag) { long[f.Name] = true })
+	}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		collect(c.LocalFlags())
+		collect(c.PersistentFlags())
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if len(a) >= 2 && a[0] == '-' && a[1] != '-' {
+			name, _, _ := strings.Cut(a[1:], "=")
+			// A multi-letter word is always a long flag: unknown ones then
+			// fail as "unknown flag: --name", naming the flag.
+			if len(name) > 1 || long[name] {
+				a = "-" + a
+			}
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// applyEnv fills every flag not given on the command line from
+// FLANNELD_<NAME> (upper case, '-' → '_'), as flanneld does.
+func applyEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		key := "FLANNELD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v, ok := os.LookupEnv(key)
+		if !ok {
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("environment %s=%q: %w", key, v, e)
+		}
+	})
+	return err
+}
+
+// renewMargin validates -subnet-lease-renew-margin as flanneld does.
+func (o *options) renewMargin() (time.Duration, error) {
+	if o.renewMarginMinute < 1 || o.renewMarginMinute > 1439 {
+		return 0, fmt.Errorf("-subnet-lease-renew-margin=%d: must be between 1 and 1439 minutes", o.renewMarginMinute)
+	}
+	return time.Duration(o.renewMarginMinute) * time.Minute, nil
+}

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/spf13/cobra"
+)
+
+// parseOnly parses args like the real command line, without running the daemon.
+func parseOnly(t *testing.T, args []string) (*options, error) {
+	t.Helper()
+	root := newRootCommand(&bytes.Buffer{}, &bytes.Buffer{})
+	var got *options
+	// Replace the daemon with a capture of the parsed options.
+	root.RunE = func(cmd *cobra.Command, _ []string) error {
+		if err := applyEnv(cmd.Flags()); err != nil {
+			return err
+		}
+		got = optionsOf(t, cmd)
+		return nil
+	}
+	root.SetArgs(normalizeArgs(root, args))
+	err := root.ExecuteContext(context.Background())
+	return got, err
+}
+
+// optionsOf reads the parsed values back from the flag set.
+func optionsOf(t *testing.T, cmd *cobra.Command) *options {
+	t.Helper()
+	fs := cmd.Flags()
+	o := &options{}
+	o.etcdEndpoints, _ = fs.GetString("etcd-endpoints")
+	o.etcdPrefix, _ = fs.GetString("etcd-prefix")
+	o.ifaces, _ = fs.GetStringArray("iface")
+	o.ipMasq, _ = fs.GetBool("ip-masq")
+	o.subnetFile, _ = fs.GetString("subnet-file")
+	o.verbosity, _ = fs.GetInt("v")
+	o.healthzPort, _ = fs.GetInt("healthz-port")
+	o.tunName, _ = fs.GetString("tun-name")
+	o.mtu, _ = fs.GetInt("mtu")
+	o.renewMarginMinute, _ = fs.GetInt("subnet-lease-renew-margin")
+	return o
+}
+
+func TestFlagsFlanneldDefaults(t *testing.T) {
+	o, err := parseOnly(t, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.etcdEndpoints != "http://127.0.0.1:4001,http://127.0.0.1:2379" || o.etcdPrefix != "/coreos.com/network" ||
+		o.subnetFile != "/run/flannel/subnet.env" || o.renewMarginMinute != 60 || o.tunName != "udp0" || o.mtu != 0 {
+		t.Errorf("defaults differ from flanneld's: %+v", o)
+	}
+}
+
+func TestFlagsSingleAndDoubleDash(t *testing.T) {
+	for _, args := range [][]string{
+		{"-etcd-endpoints=http://198.18.0.1:2379", "-etcd-prefix=/kubernetes/network", "-iface=eth1", "-iface=198.18.0.2", "-ip-masq", "-v=2", "-mtu", "1400"},
+		{"--etcd-endpoints=http://198.18.0.1:2379", "--etcd-prefix", "/kubernetes/network", "--iface=eth1", "--iface", "198.18.0.2", "--ip-masq", "--v=2", "--mtu=1400"},
+	} {
+		o, err := parseOnly(t, args)
+		if err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		if o.etcdEndpoints != "http://198.18.0.1:2379" || o.etcdPrefix != "/kubernetes/network" || !o.ipMasq ||
+			o.verbosity != 2 || o.mtu != 1400 || strings.Join(o.ifaces, ",") != "eth1,198.18.0.2" {
+			t.Errorf("%v parsed as %+v", args, o)
+		}
+	}
+}
+
+func TestFlagsFromEnvironmentCommandLineWins(t *testing.T) {
+	t.Setenv("FLANNELD_ETCD_PREFIX", "/atomic.io/network")
+	t.Setenv("FLANNELD_ETCD_ENDPOINTS", "http://198.18.0.9:2379")
+	t.Setenv("FLANNELD_IP_MASQ", "true")
+	t.Setenv("FLANNELD_SUBNET_LEASE_RENEW_MARGIN", "30")
+	o, err := parseOnly(t, []string{"-etcd-endpoints=http://198.18.0.1:2379"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.etcdPrefix != "/atomic.io/network" || !o.ipMasq || o.renewMarginMinute != 30 {
+		t.Errorf("environment not applied: %+v", o)
+	}
+	if o.etcdEndpoints != "http://198.18.0.1:2379" {
+		t.Errorf("command line must win over the environment, got %q", o.etcdEndpoints)
+	}
+}
+
+func TestFlagsBadEnvironmentNamesVariable(t *testing.T) {
+	t.Setenv("FLANNELD_HEALTHZ_PORT", "abc")
+	_, err := parseOnly(t, nil)
+	if err == nil || !strings.Contains(err.Error(), "FLANNELD_HEALTHZ_PORT") {
+		t.Fatalf("want an error naming FLANNELD_HEALTHZ_PORT, got %v", err)
+	}
+}
+
+func TestFlagsUnknownIsNamed(t *testing.T) {
+	for _, arg := range []string{"-no-such-flag=1", "--no-such-flag", "-kube-subnet-mgr"} {
+		_, err := parseOnly(t, []string{arg})
+		name := strings.TrimLeft(strings.SplitN(arg, "=", 2)[0], "-")
+		if err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: want an error naming %q, got %v", arg, name, err)
+		}
+	}
+}
+
+func TestNormalizeLeavesShorthandsAndDashDash(t *testing.T) {
+	root := newRootCommand(&bytes.Buffer{}, &bytes.Buffer{})
+	got := normalizeArgs(root, []string{"config", "put", "-f", "x.json", "-etcd-prefix=/p", "--", "-etcd-prefix=/q"})
+	want := []string{"config", "put", "-f", "x.json", "--etcd-prefix=/p", "--", "-etcd-prefix=/q"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("normalizeArgs = %v, want %v", got, want)
+	}
+}
+
+func TestVersionOutput(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"-version"}, {"--version"}} {
+		var out bytes.Buffer
+		if err := execute(context.Background(), args, &out, &bytes.Buffer{}); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		s := out.String()
+		if !strings.HasPrefix(s, "weft ") || !strings.Contains(s, "commit ") || !strings.Contains(s, "go1.") {
+			t.Errorf("%v printed %q; want version, commit and Go version", args, s)
+		}
+	}
+}
+
+func TestRenewMarginRange(t *testing.T) {
+	for m, ok := range map[int]bool{0: false, 1: true, 60: true, 1439: true, 1440: false} {
+		_, err := (&options{renewMarginMinute: m}).renewMargin()
+		if (err == nil) != ok {
+			t.Errorf("margin %d: err = %v", m, err)
+		}
+	}
+}

@@ -1,0 +1,446 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/etcd"
+	"github.com/weft-net/weft/route"
+	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/tunnel"
+)
+
+// routeResync is how often the device, address and route are re-checked,
+// so an operator's `ip route del` heals by itself.
+const routeResync = 10 * time.Second
+
+func newLogger(w io.Writer, verbosity int) *slog.Logger {
+	level := slog.LevelInfo
+	if verbosity > 0 {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+func (o *options) etcdConfig(log *slog.Logger) etcd.Config {
+	var eps []string
+	for _, e := range strings.Split(o.etcdEndpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			eps = append(eps, e)
+		}
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return etcd.Config{
+		Endpoints: eps,
+		Prefix:    o.etcdPrefix,
+		KeyFile:   o.etcdKeyFile,
+		CertFile:  o.etcdCertFile,
+		CAFile:    o.etcdCAFile,
+		Username:  o.etcdUsername,
+		Password:  o.etcdPassword,
+		Logger:    log,
+	}
+}
+
+// runDaemon is the main job: lease, device, route, data path, watch, renew,
+// until ctx ends (clean exit) or something fatal happens (error, exit 1 so
+// systemd restarts us).
+func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
+	log := newLogger(stderr, o.verbosity)
+	margin, err := o.renewMargin()
+	if err != nil {
+		return err
+	}
+	if o.ipMasq {
+		log.Warn("-ip-masq is accepted but weft does not install NAT rules yet; add masquerading yourself", "flag", "ip-masq")
+	}
+	log.Info("starting weft", "version", versionString(), "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
+
+	nl, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	defer nl.Close()
+
+	iface, publicIP, err := o.chooseInterface(nl)
+	if err != nil {
+		return err
+	}
+	log.Info("using interface", "iface", iface.Name, "addr", iface.Addr, "mtu", iface.MTU, "public-ip", publicIP)
+
+	store, err := etcd.New(o.etcdConfig(log))
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	d := &node{opts: o, log: log, nl: nl, store: store, iface: iface, publicIP: publicIP, margin: margin}
+	return d.run(ctx)
+}
+
+func (o *options) chooseInterface(nl *netlink.Handle) (route.Iface, netip.Addr, error) {
+	sel := route.Selector{Ifaces: o.ifaces, Regexes: o.ifaceRegexes}
+	if o.ifaceCanReach != "" {
+		a, err := netip.ParseAddr(o.ifaceCanReach)
+		if err != nil {
+			return route.Iface{}, netip.Addr{}, fmt.Errorf("-iface-can-reach=%s: not an IP address", o.ifaceCanReach)
+		}
+		sel.CanReach = a
+	}
+	iface, err := route.FindInterface(nl, sel)
+	if err != nil {
+		return route.Iface{}, netip.Addr{}, err
+	}
+	pub := iface.Addr
+	if o.publicIP != "" {
+		a, err := netip.ParseAddr(o.publicIP)
+		if err != nil || !a.Is4() {
+			return route.Iface{}, netip.Addr{}, fmt.Errorf("-public-ip=%s: not an IPv4 address", o.publicIP)
+		}
+		pub = a
+	}
+	return iface, pub, nil
+}
+
+// node is one running daemon's state.
+type node struct {
+	opts     *options
+	log      *slog.Logger
+	nl       *netlink.Handle
+	store    *etcd.Store
+	iface    route.Iface
+	publicIP netip.Addr
+	margin   time.Duration
+
+	cfg    *subnet.Config
+	fwd    *tunnel.Forwarder
+	health *health
+}
+
+func (d *node) run(ctx context.Context) error {
+	o := d.opts
+	d.health = newHealth()
+	if o.healthzPort != 0 {
+		stop, err := d.health.serve(o.healthzIP, o.healthzPort, d.log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	cfg, err := d.waitConfig(ctx)
+	if err != nil {
+		return err
+	}
+	d.cfg = cfg
+	d.log.Info("network config", "network", cfg.Network, "subnet-len", cfg.SubnetLen,
+		"subnet-min", cfg.SubnetMin, "subnet-max", cfg.SubnetMax, "port", cfg.BackendPort)
+
+	// Bind before leasing: a busy port must not cost a 24 h lease
+	// (flanneld leaks one that way).
+	laddr := netip.AddrPortFrom(d.iface.Addr, uint16(cfg.BackendPort))
+	conn, err := tunnel.ListenUDP(laddr)
+	if err != nil {
+		if errors.Is(err, unix.EADDRINUSE) {
+			return fmt.Errorf("UDP %s is already in use: is flanneld or another weft running on this node? Stop it first: %w", laddr, err)
+		}
+		return err
+	}
+	connOwned := true
+	defer func() {
+		if connOwned {
+			conn.Close()
+		}
+	}()
+
+	lease, err := d.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	d.health.setLease(lease)
+
+	mtu := o.mtu
+	if mtu == 0 {
+		mtu = d.iface.MTU - tunnel.Overhead
+	}
+	if mtu < 576 || mtu > 65535-tunnel.Overhead {
+		return fmt.Errorf("TUN MTU %d is out of range (576..%d): check -mtu or the MTU of %s", mtu, 65535-tunnel.Overhead, d.iface.Name)
+	}
+	dev, err := d.openDevice(mtu)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// The device disappears with its last fd; make sure, so a restart
+		// starts clean.
+		if err := route.RemoveLink(d.nl, o.tunName); err != nil {
+			d.log.Warn("remove device", "device", o.tunName, "err", err)
+		}
+	}()
+	desired := route.Desired{
+		Link:       o.tunName,
+		Addr:       netip.PrefixFrom(lease.Subnet.Addr(), 32),
+		MTU:        mtu,
+		TxQueueLen: 1000,
+		Routes:     []netip.Prefix{cfg.Network},
+	}
+	if err := route.Set(d.nl, desired); err != nil {
+		dev.Close()
+		return err
+	}
+
+	d.fwd = tunnel.NewForwarder(tunnel.Config{Device: dev, Conn: conn, Port: uint16(cfg.BackendPort), Logger: d.log})
+	connOwned = false
+	d.health.setForwarder(d.fwd, o.tunName, mtu)
+
+	leases, rev, err := d.listLeases(ctx)
+	if err != nil {
+		dev.Close()
+		conn.Close()
+		return err
+	}
+	d.publishPeers(lease.Subnet, leases)
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	spawn := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		}()
+	}
+	spawn("data path", d.fwd.Run)
+	spawn("watch", func(ctx context.Context) error { return d.watch(ctx, lease.Subnet, leases, rev, cancel) })
+	spawn("lease renewal", func(ctx context.Context) error {
+		return subnet.KeepAlive(ctx, d.store, subnet.RealClock{}, d.log, lease, d.margin, func(l subnet.Lease) {
+			d.health.setLease(l)
+			d.log.Info("lease renewed", "subnet", l.Subnet, "expires", l.Expiration.Format(time.RFC3339))
+		})
+	})
+	spawn("route check", func(ctx context.Context) error {
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(routeResync):
+			}
+			changes, err := route.Apply(d.nl, desired)
+			if err != nil {
+				d.log.Warn("re-apply device and route", "err", err)
+			}
+			for _, c := range changes {
+				d.log.Info("repaired kernel state", "change", c)
+			}
+		}
+	})
+
+	if err := writeSubnetEnv(o.subnetFile, subnetEnv{
+		Network: cfg.Network, Subnet: lease.Subnet, MTU: mtu, IPMasq: o.ipMasq,
+	}); err != nil {
+		cancel(err)
+	} else {
+		d.health.setReady()
+		d.log.Info("ready", "subnet", lease.Subnet, "device", o.tunName, "mtu", mtu, "subnet-file", o.subnetFile, "peers", len(leases)-1)
+		if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+			d.log.Warn("sd_notify READY=1", "err", err)
+		}
+	}
+
+	<-ctx.Done()
+	cause := context.Cause(ctx)
+	wg.Wait()
+	if errors.Is(cause, context.Canceled) {
+		d.log.Info("stopped; the lease stays in etcd for the next start", "subnet", lease.Subnet)
+		return nil
+	}
+	return cause
+}
+
+// waitConfig reads and validates the network config, retrying while it is
+// missing or etcd is unreachable. An invalid config is fatal: it needs an
+// operator, and systemd will start us again.
+func (d *node) waitConfig(ctx context.Context) (*subnet.Config, error) {
+	var lastErr string
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		data, err := d.store.GetNetworkConfig(cctx)
+		cancel()
+		if err == nil {
+			cfg, err := subnet.ParseConfig(data)
+			if err != nil {
+				return nil, fmt.Errorf("%s/config: %w (fix it with: %s)", d.opts.etcdPrefix, err, configPutHint(d.opts))
+			}
+			if lastErr != "" {
+				d.log.Info("network config found")
+			}
+			return cfg, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		// One line per change of state, not one per retry.
+		if msg := err.Error(); msg != lastErr {
+			lastErr = msg
+			if errors.Is(err, subnet.ErrNoConfig) {
+				d.log.Warn("network config missing; retrying every second", "key", d.opts.etcdPrefix+"/config",
+					"fix", configPutHint(d.opts))
+			} else {
+				d.log.Warn("cannot read network config from etcd; retrying every second", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// acquire takes a lease, retrying while etcd is unreachable.
+func (d *node) acquire(ctx context.Context) (subnet.Lease, error) {
+	prev, err := readSubnetEnv(d.opts.subnetFile)
+	if err != nil {
+		d.log.Warn("ignoring previous subnet file", "file", d.opts.subnetFile, "err", err)
+	}
+	backoff := retry{}
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		l, err := subnet.Acquire(cctx, d.store, subnet.AcquireOptions{
+			Config:   d.cfg,
+			Attrs:    subnet.Attrs{PublicIP: d.publicIP, BackendType: "udp"},
+			Previous: prev,
+			Logger:   d.log,
+		})
+		cancel()
+		if err == nil {
+			return l, nil
+		}
+		if ctx.Err() != nil {
+			return subnet.Lease{}, ctx.Err()
+		}
+		if errors.Is(err, subnet.ErrOutOfSubnets) {
+			return subnet.Lease{}, err
+		}
+		if err := backoff.wait(ctx, d.log, "acquire lease", err); err != nil {
+			return subnet.Lease{}, err
+		}
+	}
+}
+
+func (d *node) listLeases(ctx context.Context) ([]subnet.Lease, int64, error) {
+	backoff := retry{}
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		leases, rev, err := d.store.ListLeases(cctx)
+		cancel()
+		if err == nil {
+			return leases, rev, nil
+		}
+		if err := backoff.wait(ctx, d.log, "list leases", err); err != nil {
+			return nil, 0, err
+		}
+	}
+}
+
+func (d *node) openDevice(mtu int) (tunnel.Device, error) {
+	dev, err := tunnel.OpenTUN(d.opts.tunName, mtu)
+	if err == nil {
+		return dev, nil
+	}
+	// A leftover that is not a TUN (or a persistent one) is in the way;
+	// a TUN still held by a live process is not ours to take.
+	if errors.Is(err, unix.EBUSY) {
+		return nil, fmt.Errorf("%w: another process holds %s (is flanneld or another weft running?)", err, d.opts.tunName)
+	}
+	if _, lerr := d.nl.LinkByName(d.opts.tunName); lerr == nil {
+		d.log.Warn("removing stale device in the way", "device", d.opts.tunName, "err", err)
+		if rerr := route.RemoveLink(d.nl, d.opts.tunName); rerr != nil {
+			return nil, fmt.Errorf("%w (and removing the stale device failed: %w)", err, rerr)
+		}
+		return tunnel.OpenTUN(d.opts.tunName, mtu)
+	}
+	return nil, err
+}
+
+// publishPeers builds a fresh immutable table for the data path.
+func (d *node) publishPeers(own netip.Prefix, leases []subnet.Lease) {
+	peers := make([]tunnel.Peer, 0, len(leases))
+	for _, l := range leases {
+		if l.Subnet == own {
+			continue
+		}
+		peers = append(peers, tunnel.Peer{Subnet: l.Subnet, Addr: l.Attrs.PublicIP})
+	}
+	d.fwd.SetPeers(tunnel.NewTable(peers))
+	d.health.setPeers(peers)
+}
+
+func (d *node) watch(ctx context.Context, own netip.Prefix, initial []subnet.Lease, rev int64, fail context.CancelCauseFunc) error {
+	return subnet.Watch(ctx, subnet.WatchOptions{
+		Store:   d.store,
+		Clock:   subnet.RealClock{},
+		Logger:  d.log,
+		Initial: initial,
+		Rev:     rev,
+		OnChange: func(current map[netip.Prefix]subnet.Lease, events []subnet.Event) {
+			for _, ev := range events {
+				if ev.Lease.Subnet == own && ev.Type == subnet.EventRemoved {
+					// Someone deleted our lease. Exit non-zero so systemd
+					// restarts us and we lease afresh (flanneld exits 0,
+					// which Restart=on-failure ignores).
+					fail(fmt.Errorf("our lease %s was removed from etcd: %w", own, subnet.ErrLeaseNotFound))
+					return
+				}
+				if ev.Lease.Subnet != own {
+					d.log.Info("peer "+ev.Type.String(), "subnet", ev.Lease.Subnet, "public-ip", ev.Lease.Attrs.PublicIP)
+				}
+			}
+			list := make([]subnet.Lease, 0, len(current))
+			for _, l := range current {
+				list = append(list, l)
+			}
+			d.publishPeers(own, list)
+		},
+	})
+}
+
+// retry is a capped exponential backoff that logs once per change of error.
+type retry struct {
+	delay time.Duration
+	last  string
+}
+
+func (r *retry) wait(ctx context.Context, log *slog.Logger, what string, err error) error {
+	if r.delay == 0 {
+		r.delay = 500 * time.Millisecond
+	} else if r.delay *= 2; r.delay > 5*time.Second {
+		r.delay = 5 * time.Second
+	}
+	if msg := err.Error(); msg != r.last {
+		r.last = msg
+		log.Warn(what+" failed; retrying", "err", err)
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(r.delay):
+		return nil
+	}
+}

@@ -1,0 +1,109 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/weft-net/weft"
+
+// importRules is style.md's dependency table: what each package must not
+// reach, directly or through others. "stdlib" allows only the standard
+// library and the listed module packages.
+var importRules = []struct {
+	pkg       string
+	forbidden []string
+	onlyStd   []string // if set: stdlib plus these
+	direct    bool     // check direct imports only (fakes may reach what their package reaches)
+}{
+	{pkg: "/tunnel", forbidden: []string{module + "/subnet", module + "/etcd", module + "/route", module + "/bench",
+		"go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/", "github.com/coreos/"}},
+	{pkg: "/tunnel/tuntest", onlyStd: []string{module + "/tunnel"}, direct: true},
+	{pkg: "/subnet", onlyStd: []string{}},
+	{pkg: "/subnet/subnettest", onlyStd: []string{module + "/subnet"}, direct: true},
+	{pkg: "/etcd", forbidden: []string{module + "/tunnel", module + "/route", module + "/bench", "github.com/vishvananda/", "github.com/spf13/"}},
+	{pkg: "/route", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/bench", "go.etcd.io/", "github.com/spf13/"}},
+}
+
+type goPackage struct {
+	ImportPath string
+	Standard   bool
+	Deps       []string
+	Imports    []string
+}
+
+func listPackages(t *testing.T) map[string]goPackage {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-deps", "-json", "./...")
+	out, err := cmd.Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Fatalf("go list: %v\n%s", err, ee.Stderr)
+		}
+		t.Fatalf("go list: %v", err)
+	}
+	pkgs := map[string]goPackage{}
+	dec := json.NewDecoder(strings.NewReader(string(out)))
+	for {
+		var p goPackage
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatalf("decode go list output: %v", err)
+		}
+		pkgs[p.ImportPath] = p
+	}
+	return pkgs
+}
+
+// TestImportRules enforces the dependency direction of style.md, so the data
+// path never grows a dependency on etcd, netlink or the lease logic.
+func TestImportRules(t *testing.T) {
+	pkgs := listPackages(t)
+	for _, r := range importRules {
+		p, ok := pkgs[module+r.pkg]
+		if !ok {
+			t.Errorf("package %s not found", module+r.pkg)
+			continue
+		}
+		deps := p.Deps
+		if r.direct {
+			deps = p.Imports
+		}
+		for _, dep := range deps {
+			for _, f := range r.forbidden {
+				if dep == f || strings.HasPrefix(dep, f) && (strings.HasSuffix(f, "/") || strings.HasPrefix(dep, f+"/")) {
+					t.Errorf("%s must not import %s (it does, through its dependencies)", p.ImportPath, dep)
+				}
+			}
+			if r.onlyStd != nil && !pkgs[dep].Standard && !contains(r.onlyStd, dep) {
+				t.Errorf("%s may import only the standard library and %v, but reaches %s", p.ImportPath, r.onlyStd, dep)
+			}
+		}
+	}
+	// Nothing but bench's own commands and tests imports bench.
+	for path, p := range pkgs {
+		if strings.HasPrefix(path, module+"/bench") {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if strings.HasPrefix(imp, module+"/bench") {
+				t.Errorf("%s imports %s; bench is a leaf", path, imp)
+			}
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/tunnel"
+)
+
+// health serves /healthz (alive), /readyz (503 until the lease, device,
+// route and subnet.env exist) and /status (JSON for operators and tests).
+type health struct {
+	mu     sync.Mutex
+	ready  bool
+	lease  subnet.Lease
+	peers  []tunnel.Peer
+	fwd    *tunnel.Forwarder
+	device string
+	mtu    int
+}
+
+func newHealth() *health { return &health{} }
+
+func (h *health) setLease(l subnet.Lease) { h.mu.Lock(); h.lease = l; h.mu.Unlock() }
+func (h *health) setReady()               { h.mu.Lock(); h.ready = true; h.mu.Unlock() }
+func (h *health) setPeers(p []tunnel.Peer) {
+	h.mu.Lock()
+	h.peers = p
+	h.mu.Unlock()
+}
+
+func (h *health) setForwarder(f *tunnel.Forwarder, device string, mtu int) {
+	h.mu.Lock()
+	h.fwd, h.device, h.mtu = f, device, mtu
+	h.mu.Unlock()
+}
+
+// Status is the /status document.
+type Status struct {
+	Ready    bool          `json:"ready"`
+	Lease    *StatusLease  `json:"lease,omitempty"`
+	Device   string        `json:"device,omitempty"`
+	MTU      int           `json:"mtu,omitempty"`
+	Peers    []StatusPeer  `json:"peers"`
+	Counters StatusCounter `json:"counters"`
+}
+
+type StatusLease struct {
+	Subnet     netip.Prefix `json:"subnet"`
+	PublicIP   netip.Addr   `json:"publicIP"`
+	Expiration time.Time    `json:"expiration"`
+	Reserved   bool         `json:"reserved"`
+}
+
+type StatusPeer struct {
+	Subnet   netip.Prefix `json:"subnet"`
+	PublicIP netip.Addr   `json:"publicIP"`
+}
+
+type StatusCounter struct {
+	TxPackets uint64            `json:"txPackets"`
+	TxBytes   uint64            `json:"txBytes"`
+	RxPackets uint64            `json:"rxPackets"`
+	RxBytes   uint64            `json:"rxBytes"`
+	Drops     map[string]uint64 `json:"drops"`
+}
+
+func (h *health) status() Status {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s := Status{Ready: h.ready, Device: h.device, MTU: h.mtu, Peers: []StatusPeer{}}
+	if h.lease.Subnet.IsValid() {
+		s.Lease = &StatusLease{Subnet: h.lease.Subnet, PublicIP: h.lease.Attrs.PublicIP,
+			Expiration: h.lease.Expiration, Reserved: h.lease.Reserved()}
+	}
+	for _, p := range h.peers {
+		s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr})
+	}
+	s.Counters.Drops = map[string]uint64{}
+	if h.fwd != nil {
+		c := h.fwd.Counters()
+		s.Counters.TxPackets, s.Counters.TxBytes = c.TxPackets, c.TxBytes
+		s.Counters.RxPackets, s.Counters.RxBytes = c.RxPackets, c.RxBytes
+		for r, n := range c.Drops {
+			s.Counters.Drops[tunnel.DropReason(r).String()] = n
+		}
+	}
+	return s
+}
+
+func (h *health) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		h.mu.Lock()
+		ready := h.ready
+		h.mu.Unlock()
+		if !ready {
+			http.Error(w, "not ready: lease, device, route or subnet file not in place yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(h.status())
+	})
+	return mux
+}
+
+// serve starts the listener; the returned func shuts it down.
+func (h *health) serve(ip string, port int, log *slog.Logger) (func(), error) {
+	addr := net.JoinHostPort(ip, strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("healthz listener on %s (-healthz-ip/-healthz-port): %w", addr, err)
+	}
+	srv := &http.Server{Handler: h.handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("healthz server stopped", "addr", addr, "err", err)
+		}
+	}()
+	log.Info("serving /healthz, /readyz and /status", "addr", addr)
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
+}

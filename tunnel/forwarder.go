@@ -1,0 +1,336 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+const (
+	// headroom is reserved before every packet in the forwarder's buffers,
+	// so a device can prepend a virtio-net header (10 bytes) in place.
+	headroom = 16
+	// maxPacket bounds one packet or datagram. Buffers hold the IPv4
+	// maximum, not the MTU, so GSO/GRO super-packets fit later.
+	maxPacket = 65535
+)
+
+// Config is what a Forwarder needs. The forwarder opens nothing itself.
+type Config struct {
+	Device Device
+	Conn   Conn
+	// Port is the UDP port every peer listens on (flannel's Backend.Port);
+	// 0 means DefaultPort.
+	Port   uint16
+	Logger *slog.Logger
+}
+
+// Forwarder moves packets between a Device and a Conn: one goroutine reads
+// the TUN and sends to peers, another reads the socket and writes the TUN.
+// Each runs read → process → send to completion on its own preallocated
+// batch, so the steady state allocates nothing and shares no lock with the
+// control plane.
+type Forwarder struct {
+	dev  Device
+	conn Conn
+	port uint16
+	log  *slog.Logger
+
+	peers   atomic.Pointer[Table]
+	started atomic.Bool
+
+	out outbound // owned by the TUN→UDP goroutine
+	in  inbound  // owned by the UDP→TUN goroutine
+}
+
+// outbound is the TUN→UDP direction's state.
+type outbound struct {
+	bufs  [][]byte // headroom + maxPacket each
+	sizes []int
+	run   [][]byte // consecutive packets for one peer, slices of bufs
+	stats dirCounters
+}
+
+// inbound is the UDP→TUN direction's state.
+type inbound struct {
+	bufs  [][]byte // headroom + maxPacket each
+	views [][]byte // bufs[i][headroom:], what Conn.Read fills
+	sizes []int
+	addrs []netip.AddrPort
+	ready [][]byte // accepted packets, slices of bufs
+	stats dirCounters
+}
+
+// NewForwarder returns a forwarder over c.Device and c.Conn with an empty
+// peer table. It panics if either is nil: that is a wiring bug, not a
+// runtime condition.
+func NewForwarder(c Config) *Forwarder {
+	if c.Device == nil || c.Conn == nil {
+		panic("tunnel: NewForwarder needs a Device and a Conn")
+	}
+	f := &Forwarder{dev: c.Device, conn: c.Conn, port: c.Port, log: c.Logger}
+	if f.port == 0 {
+		f.port = DefaultPort
+	}
+	if f.log == nil {
+		f.log = slog.New(slog.DiscardHandler)
+	}
+
+	n := max(c.Device.BatchSize(), 1)
+	f.out = outbound{
+		bufs:  makeBufs(n),
+		sizes: make([]int, n),
+		run:   make([][]byte, 0, n),
+	}
+	n = max(c.Conn.BatchSize(), 1)
+	f.in = inbound{
+		bufs:  makeBufs(n),
+		views: make([][]byte, n),
+		sizes: make([]int, n),
+		addrs: make([]netip.AddrPort, n),
+		ready: make([][]byte, 0, n),
+	}
+	for i, b := range f.in.bufs {
+		f.in.views[i] = b[headroom:]
+	}
+	return f
+}
+
+func makeBufs(n int) [][]byte {
+	bufs := make([][]byte, n)
+	for i := range bufs {
+		bufs[i] = make([]byte, headroom+maxPacket)
+	}
+	return bufs
+}
+
+// SetPeers replaces the peer table. It is safe to call from any goroutine;
+// each batch uses the table current when it was read. nil empties it.
+func (f *Forwarder) SetPeers(t *Table) { f.peers.Store(t) }
+
+// Counters returns a snapshot of the traffic counters.
+func (f *Forwarder) Counters() Counters {
+	c := Counters{
+		TxPackets:  f.out.stats.packets.Load(),
+		TxBytes:    f.out.stats.bytes.Load(),
+		RxPackets:  f.in.stats.packets.Load(),
+		RxBytes:    f.in.stats.bytes.Load(),
+		ReadErrors: f.out.stats.readErrors.Load() + f.in.stats.readErrors.Load(),
+	}
+	for r := range c.Drops {
+		c.Drops[r] = f.out.stats.drops[r].Load() + f.in.stats.drops[r].Load()
+	}
+	return c
+}
+
+// Run forwards until ctx is done, then closes the Device and the Conn,
+// waits for both directions to stop and returns nil. Run owns the Device and
+// the Conn from the moment it is called (until then they are the caller's to
+// close). If either direction fails with an error other than a transient
+// one, including the Device or Conn being closed by someone else, Run closes
+// both and returns that error. Run may be called once.
+func (f *Forwarder) Run(ctx context.Context) error {
+	if !f.started.CompareAndSwap(false, true) {
+		return errors.New("tunnel: forwarder already ran")
+	}
+	f.log.Info("forwarding", "tun", f.dev.Name(), "mtu", f.dev.MTU(),
+		"udp", f.conn.LocalAddr().String(), "peer_port", f.port)
+
+	errc := make(chan error, 2)
+	go func() { errc <- loop(f.tunToUDP) }()
+	go func() { errc <- loop(f.udpToTUN) }()
+
+	var failure error
+	pending := 2
+	select {
+	case <-ctx.Done():
+	case failure = <-errc:
+		pending--
+	}
+	if err := f.dev.Close(); err != nil {
+		f.log.Warn("close tun", "tun", f.dev.Name(), "err", err)
+	}
+	if err := f.conn.Close(); err != nil {
+		f.log.Warn("close udp", "udp", f.conn.LocalAddr().String(), "err", err)
+	}
+	for ; pending > 0; pending-- {
+		// We closed both ends, so the other loop ends with net.ErrClosed.
+		if err := <-errc; !errors.Is(err, net.ErrClosed) {
+			f.log.Warn("forwarding stopped with error", "err", err)
+		}
+	}
+
+	c := f.Counters()
+	f.log.Info("forwarder stopped", "tx_packets", c.TxPackets, "rx_packets", c.RxPackets,
+		"dropped", c.Dropped())
+	if failure != nil && ctx.Err() != nil && errors.Is(failure, net.ErrClosed) {
+		return nil // shutdown raced with the loop noticing it
+	}
+	return failure
+}
+
+func loop(step func() error) error {
+	for {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+}
+
+// tunToUDP reads one batch from the TUN and sends each packet to the peer
+// owning its destination. Consecutive packets for the same peer go out in
+// one Conn.Write, which preserves their order.
+func (f *Forwarder) tunToUDP() error {
+	o := &f.out
+	n, err := f.dev.Read(o.bufs, o.sizes, headroom)
+	peers := f.peers.Load()
+	run := o.run[:0]
+	var runPeer netip.Addr
+	for i := range n {
+		size := o.sizes[i]
+		dst, reason := DestinationIPv4(o.bufs[i][headroom : headroom+size])
+		if reason != DropNone {
+			o.stats.drop(reason, 1)
+			continue
+		}
+		peer, ok := peers.Lookup(dst)
+		if !ok {
+			o.stats.drop(DropNoRoute, 1)
+			continue
+		}
+		if len(run) > 0 && peer != runPeer {
+			if err := f.send(run, runPeer); err != nil {
+				return err
+			}
+			run = run[:0]
+		}
+		run = append(run, o.bufs[i][:headroom+size])
+		runPeer = peer
+	}
+	if len(run) > 0 {
+		if err := f.send(run, runPeer); err != nil {
+			return err
+		}
+	}
+	if err != nil {
+		return readFailed(&o.stats, n, err, "read from tun "+f.dev.Name())
+	}
+	return nil
+}
+
+// send writes pkts (each with headroom) to peer and counts the outcome.
+func (f *Forwarder) send(pkts [][]byte, peer netip.Addr) error {
+	s := &f.out.stats
+	dst := netip.AddrPortFrom(peer, f.port)
+	bytes := 0
+	for _, p := range pkts {
+		bytes += len(p) - headroom
+	}
+	err := f.conn.Write(pkts, headroom, dst)
+	if err == nil {
+		s.packets.Add(uint64(len(pkts)))
+		s.bytes.Add(uint64(bytes))
+		return nil
+	}
+	var se *SendError
+	switch {
+	case errors.As(err, &se):
+		failed := min(max(se.Failed, 0), len(pkts))
+		s.packets.Add(uint64(len(pkts) - failed))
+		s.bytes.Add(uint64(max(bytes-se.FailedBytes, 0)))
+		s.drop(DropSendError, failed)
+		return nil
+	case !errors.Is(err, net.ErrClosed) && transient(err):
+		s.drop(DropSendError, len(pkts))
+		return nil
+	}
+	return fmt.Errorf("write to udp %s: %w", dst, err)
+}
+
+// udpToTUN reads one batch of datagrams, checks each inner packet, lowers
+// its TTL and writes the survivors to the TUN in one call.
+func (f *Forwarder) udpToTUN() error {
+	in := &f.in
+	n, err := f.conn.Read(in.views, in.sizes, in.addrs)
+	ready := in.ready[:0]
+	for i := range n {
+		pkt := in.views[i][:in.sizes[i]]
+		reason := ValidateIPv4(pkt)
+		if reason == DropNone {
+			reason = DecrementTTL(pkt)
+		}
+		if reason != DropNone {
+			in.stats.drop(reason, 1)
+			continue
+		}
+		ready = append(ready, in.bufs[i][:headroom+len(pkt)])
+	}
+	if werr := f.writeTUN(ready); werr != nil {
+		return werr
+	}
+	if err != nil {
+		return readFailed(&in.stats, n, err, "read from udp "+f.conn.LocalAddr().String())
+	}
+	return nil
+}
+
+// writeTUN writes pkts (each with headroom) to the TUN. A packet the kernel
+// refuses is counted and skipped; only a closed device stops the loop.
+func (f *Forwarder) writeTUN(pkts [][]byte) error {
+	s := &f.in.stats
+	for len(pkts) > 0 {
+		n, err := f.dev.Write(pkts, headroom)
+		n = min(max(n, 0), len(pkts))
+		bytes := 0
+		for _, p := range pkts[:n] {
+			bytes += len(p) - headroom
+		}
+		s.packets.Add(uint64(n))
+		s.bytes.Add(uint64(bytes))
+		if err == nil || n == len(pkts) {
+			return nil
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return fmt.Errorf("write to tun %s: %w", f.dev.Name(), err)
+		}
+		s.drop(DropTUNWriteError, 1)
+		pkts = pkts[n+1:]
+	}
+	return nil
+}
+
+// readFailed decides whether a read error ends the loop. Transient errors
+// are counted; if the read brought nothing, a short pause keeps a
+// persistent one (memory pressure, say) from spinning a core.
+func readFailed(s *dirCounters, n int, err error, op string) error {
+	if errors.Is(err, net.ErrClosed) || !transient(err) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	s.readErrors.Add(1)
+	if n == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
+// transient reports errors that concern one packet or one moment, not the
+// device or socket: the loop counts them and goes on.
+func transient(err error) bool {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return false
+	}
+	switch errno {
+	case syscall.EAGAIN, syscall.EINTR, syscall.ENOBUFS, syscall.ENOMEM,
+		syscall.ECONNREFUSED, syscall.EHOSTUNREACH, syscall.ENETUNREACH,
+		syscall.EHOSTDOWN, syscall.ENETDOWN, syscall.EMSGSIZE, syscall.EPERM:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,289 @@
+package tunnel_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/tunnel"
+	"github.com/weft-net/weft/tunnel/tuntest"
+)
+
+var tunSeq atomic.Int32
+
+// tunName returns a device name unique across parallel test processes.
+func tunName() string {
+	return fmt.Sprintf("wt%d-%d", os.Getpid()%1000000, tunSeq.Add(1))
+}
+
+// enterNewNetns moves the test goroutine into a fresh network namespace.
+// The goroutine stays locked to its thread until the test ends, and a
+// goroutine that exits locked takes its thread with it, so nothing else
+// ever runs in the namespace and the host's devices are never touched.
+// The namespace disappears with its last thread and fd. Subtests would run
+// on other threads: root tests here use none.
+func enterNewNetns(t *testing.T) *netlink.Handle {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: creates a TUN device in a new network namespace")
+	}
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("unshare network namespace: %v", err)
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// openTestTUN opens a TUN in the test's namespace, gives it 198.19.1.0/32,
+// routes 198.19.2.0/24 to it and brings it up, as weft's route package
+// will.
+func openTestTUN(t *testing.T, h *netlink.Handle) tunnel.Device {
+	name := tunName()
+	dev, err := tunnel.OpenTUN(name, 1400)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Close() })
+	if dev.Name() != name || dev.MTU() != 1400 || dev.BatchSize() < 1 {
+		t.Fatalf("device %q mtu %d batch %d", dev.Name(), dev.MTU(), dev.BatchSize())
+	}
+	link, err := h.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := netlink.ParseAddr("198.19.1.0/32")
+	if err := h.AddrAdd(link, addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		t.Fatal(err)
+	}
+	_, dst, _ := net.ParseCIDR("198.19.2.0/24")
+	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}
+	if err := h.RouteAdd(route); err != nil {
+		t.Fatal(err)
+	}
+	// A stuck Read fails the test instead of hanging it.
+	timer := time.AfterFunc(20*time.Second, func() { dev.Close() })
+	t.Cleanup(func() { timer.Stop() })
+	return dev
+}
+
+// tunReader reads packets from a device with preallocated buffers.
+type tunReader struct {
+	dev   tunnel.Device
+	bufs  [][]byte
+	sizes []int
+}
+
+func newTUNReader(dev tunnel.Device) *tunReader {
+	r := &tunReader{dev: dev, bufs: make([][]byte, dev.BatchSize()), sizes: make([]int, dev.BatchSize())}
+	for i := range r.bufs {
+		r.bufs[i] = make([]byte, 16+65535)
+	}
+	return r
+}
+
+// until reads until match accepts a packet (others, such as IPv6
+// neighbour discovery, are skipped) and returns it; it is valid until the
+// next read.
+func (r *tunReader) until(match func(pkt []byte) bool) ([]byte, error) {
+	for {
+		n, err := r.dev.Read(r.bufs, r.sizes, 16)
+		if err != nil {
+			return nil, err
+		}
+		for i := range n {
+			if pkt := r.bufs[i][16 : 16+r.sizes[i]]; match(pkt) {
+				return pkt, nil
+			}
+		}
+	}
+}
+
+var (
+	tunAddr  = netip.MustParseAddr("198.19.1.0")
+	farAddr  = netip.MustParseAddr("198.19.2.5")
+	farAddr4 = farAddr.As4()
+)
+
+func isEchoReply(seq uint16) func([]byte) bool {
+	return func(p []byte) bool {
+		return len(p) >= 28 && p[0] == 0x45 && p[9] == tuntest.ProtoICMP && p[20] == 0 &&
+			binary.BigEndian.Uint16(p[26:28]) == seq && [4]byte(p[16:20]) == farAddr4
+	}
+}
+
+func TestTUNReadWrite(t *testing.T) {
+	h := enterNewNetns(t)
+	dev := openTestTUN(t, h)
+	r := newTUNReader(dev)
+
+	// Kernel → device: a UDP datagram routed to the TUN.
+	sock, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sock)
+	payload := []byte("weft tun test")
+	if err := unix.Sendto(sock, payload, 0, &unix.SockaddrInet4{Port: 9999, Addr: farAddr4}); err != nil {
+		t.Fatal(err)
+	}
+	pkt, err := r.until(func(p []byte) bool {
+		return len(p) >= 28 && p[0]>>4 == 4 && p[9] == tuntest.ProtoUDP && [4]byte(p[16:20]) == farAddr4
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tuntest.VerifyIPv4(pkt); err != nil {
+		t.Errorf("packet from the kernel: %v", err)
+	}
+	if string(pkt[28:]) != string(payload) || [4]byte(pkt[12:16]) != tunAddr.As4() {
+		t.Errorf("read % x", pkt)
+	}
+
+	// Device → kernel: an echo request to the TUN's address is answered
+	// back through the TUN.
+	ping := append(make([]byte, 16), tuntest.IPv4ICMPEcho(farAddr, tunAddr, 77, 1, []byte("ping"))...)
+	if n, err := dev.Write([][]byte{ping}, 16); n != 1 || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	reply, err := r.until(isEchoReply(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tuntest.VerifyIPv4(reply); err != nil {
+		t.Errorf("echo reply: %v", err)
+	}
+
+	// A packet the kernel refuses stops Write at its index with the error.
+	junk := make([]byte, 16+40) // version 0
+	ping2 := append(make([]byte, 16), tuntest.IPv4ICMPEcho(farAddr, tunAddr, 77, 2, nil)...)
+	n, err := dev.Write([][]byte{ping2, junk, ping2}, 16)
+	if n != 1 || !errors.Is(err, unix.EINVAL) {
+		t.Errorf("Write with junk = %d, %v; want 1, EINVAL", n, err)
+	}
+	if _, err := r.until(isEchoReply(2)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestTUNAllocs asserts a Write and the Reads that bring back the answer,
+// including the poll wait, allocate nothing.
+func TestTUNAllocs(t *testing.T) {
+	h := enterNewNetns(t)
+	dev := openTestTUN(t, h)
+	r := newTUNReader(dev)
+	ping := append(make([]byte, 16), tuntest.IPv4ICMPEcho(farAddr, tunAddr, 77, 3, nil)...)
+	match := isEchoReply(3)
+	pings := [][]byte{ping}
+	var failed error
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := dev.Write(pings, 16); err != nil {
+			failed = err
+			return
+		}
+		if _, err := r.until(match); err != nil {
+			failed = err
+		}
+	})
+	if failed != nil {
+		t.Fatal(failed)
+	}
+	if allocs != 0 {
+		t.Errorf("TUN write + read allocates %.1f times", allocs)
+	}
+}
+
+func TestTUNCloseWakesRead(t *testing.T) {
+	h := enterNewNetns(t)
+	dev := openTestTUN(t, h)
+	done := make(chan error, 1)
+	go func() {
+		_, err := newTUNReader(dev).until(func([]byte) bool { return false })
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // let Read block in poll
+	if err := dev.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Read after Close: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("Read still blocked 1s after Close")
+	}
+	if err := dev.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := dev.Write([][]byte{make([]byte, 40)}, 0); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Write after Close: %v", err)
+	}
+	// Closing the fd removed the (non-persistent) device.
+	if _, err := h.LinkByName(dev.Name()); err == nil {
+		t.Error("device still exists after Close")
+	}
+}
+
+// TestForwarderOnRealDevices runs a forwarder over a real TUN and a real
+// socket whose only peer is itself: a datagram the kernel routes to the
+// TUN goes out over UDP, comes back in, loses one TTL and is written back
+// to the TUN (where the kernel, not forwarding, drops it).
+func TestForwarderOnRealDevices(t *testing.T) {
+	h := enterNewNetns(t)
+	checkLeaks(t)
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	dev := openTestTUN(t, h)
+	conn, err := tunnel.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fwd := newNode(t, dev, conn, tunnel.Peer{Subnet: netip.MustParsePrefix("198.19.2.0/24"), Addr: conn.LocalAddr().Addr()})
+	stop := runForwarder(t, fwd)
+
+	sock, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(sock)
+	if err := unix.Sendto(sock, []byte("round trip"), 0, &unix.SockaddrInet4{Port: 9999, Addr: farAddr4}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the datagram to go out and come back", func() bool {
+		c := fwd.Counters()
+		return c.TxPackets >= 1 && c.RxPackets >= 1
+	})
+	stop()
+}
+
+func TestOpenTUNInvalid(t *testing.T) {
+	if _, err := tunnel.OpenTUN("a-name-far-too-long-for-linux", 1400); err == nil {
+		t.Error("overlong name accepted")
+	}
+	if _, err := tunnel.OpenTUN("udp0", 0); err == nil {
+		t.Error("mtu 0 accepted")
+	}
+}
