@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -190,6 +192,11 @@ func (d *node) run(ctx context.Context) error {
 			d.log.Warn("remove device", "device", o.tunName, "err", err)
 		}
 	}()
+	// The overlay is IPv4 only: without this the kernel sends IPv6
+	// router solicitations into the device, which we would only drop.
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+o.tunName+"/disable_ipv6", []byte("1"), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		d.log.Debug("disable IPv6 on device", "device", o.tunName, "err", err)
+	}
 	desired := route.Desired{
 		Link:       o.tunName,
 		Addr:       netip.PrefixFrom(lease.Subnet.Addr(), 32),
@@ -323,8 +330,10 @@ func (d *node) acquire(ctx context.Context) (subnet.Lease, error) {
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		l, err := subnet.Acquire(cctx, d.store, subnet.AcquireOptions{
-			Config:   d.cfg,
-			Attrs:    subnet.Attrs{PublicIP: d.publicIP, BackendType: "udp"},
+			Config: d.cfg,
+			// Exactly what a udp flanneld writes, so mixed clusters see
+			// identical leases.
+			Attrs:    subnet.Attrs{PublicIP: d.publicIP},
 			Previous: prev,
 			Logger:   d.log,
 		})

@@ -3,8 +3,9 @@ package lab
 // End-to-end tests: the real weft binary in network namespaces, against a
 // real etcd. They need root; as a normal user they skip, unless CI=true or
 // WEFT_E2E_REQUIRED=1, where skipping would hide a regression and they
-// fail instead. WEFT_BIN=path uses a prebuilt binary instead of building
-// one; WEFT_E2E_RACE=1 builds it with the race detector.
+// fail instead. The binary is built from the module root on first use;
+// WEFT_BIN=path uses a prebuilt one, WEFT_E2E_RACE=1 builds it with the
+// race detector.
 
 import (
 	"context"
@@ -22,24 +23,35 @@ import (
 const readyTimeout = 30 * time.Second
 
 var (
+	weftOnce     sync.Once
 	weftBin      string
 	weftBuildErr error
+	weftDir      string // removed by TestMain
 )
 
+// TestMain removes the weft binary built (once, on first use) for the
+// end-to-end tests.
 func TestMain(m *testing.M) {
-	code := func() int {
-		if os.Geteuid() == 0 {
-			dir, err := os.MkdirTemp("", "weftlab-bin-")
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "e2e: temp dir:", err)
-				return 1
-			}
-			defer os.RemoveAll(dir)
-			weftBin, weftBuildErr = buildWeft(dir)
-		}
-		return m.Run()
-	}()
+	code := m.Run()
+	if weftDir != "" {
+		os.RemoveAll(weftDir)
+	}
 	os.Exit(code)
+}
+
+// weft builds the daemon on first use; unit tests never pay for it.
+func weft(t *testing.T) string {
+	t.Helper()
+	weftOnce.Do(func() {
+		weftDir, weftBuildErr = os.MkdirTemp("", "weftlab-bin-")
+		if weftBuildErr == nil {
+			weftBin, weftBuildErr = buildWeft(weftDir)
+		}
+	})
+	if weftBuildErr != nil {
+		t.Fatalf("no weft binary: %v", weftBuildErr)
+	}
+	return weftBin
 }
 
 // buildWeft builds the daemon from the module root into dir, or returns
@@ -74,10 +86,7 @@ func buildWeft(dir string) (string, error) {
 func newE2ELab(t *testing.T, opts Options) *Lab {
 	t.Helper()
 	requireRoot(t)
-	if weftBuildErr != nil {
-		t.Fatalf("no weft binary: %v", weftBuildErr)
-	}
-	opts.WeftBin = weftBin
+	opts.WeftBin = weft(t)
 	opts.WeftArgs = append([]string{"-v=1"}, opts.WeftArgs...)
 	l := newTestLab(t, opts)
 	t.Cleanup(func() { // runs before newTestLab's Close

@@ -1,7 +1,9 @@
 package lab
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -277,6 +279,14 @@ func TestLabUnderlay(t *testing.T) {
 	}
 	t.Logf("underlay transfer: %d bytes in %v, %.2f Gb/s", r.Bytes, r.Duration, r.Gbps())
 
+	// Above the buffering limit the receiver hashes inline: same verdict.
+	maxBufferedTransfer = 1 << 20
+	r, err = l.TransferAddr(ctx, 1, l.Node(1).Addr, 0, l.Node(0).Addr, 3<<20+5)
+	maxBufferedTransfer = MaxBufferedTransfer
+	if err != nil || !r.Match() || r.Bytes != 3<<20+5 {
+		t.Fatalf("inline-hashed transfer: %+v, %v", r, err)
+	}
+
 	// A cancelled transfer returns promptly with an error.
 	cctx, ccancel := context.WithCancel(t.Context())
 	ccancel()
@@ -453,5 +463,43 @@ func TestCleanupStale(t *testing.T) {
 	}
 	if r, err := live.Ping(0, live.HostAddr(), 1); err != nil || !r.OK() {
 		t.Errorf("live lab broken by CleanupStale: %+v, %v", r, err)
+	}
+}
+
+// The stream is the same however it is cut into writes, and differs
+// between seeds and between units.
+func TestStream(t *testing.T) {
+	const n = 3*streamBlock + 12345
+	whole := make([]byte, n)
+	newStream(7).fill(whole)
+	s := newStream(7)
+	var got []byte
+	for i, sizes := 0, []int{1, 7, 4089, 4096, 5000, 65536, 1 << 20}; len(got) < n; i++ {
+		p := make([]byte, min(sizes[i%len(sizes)], n-len(got)))
+		s.fill(p)
+		got = append(got, p...)
+	}
+	if !bytes.Equal(got, whole) {
+		t.Fatal("stream depends on how it is cut")
+	}
+	other := make([]byte, n)
+	newStream(8).fill(other)
+	if bytes.Equal(other[:streamUnit], whole[:streamUnit]) {
+		t.Error("seeds 7 and 8 give the same stream")
+	}
+	seen := map[string]bool{}
+	for u := 0; u+streamUnit <= n; u += streamUnit {
+		k := string(whole[u : u+streamUnit])
+		if seen[k] {
+			t.Fatalf("unit at %d repeats an earlier one", u)
+		}
+		seen[k] = true
+	}
+	var buf bytes.Buffer
+	if err := writeStream(&buf, 7, n, nil); err != nil || !bytes.Equal(buf.Bytes(), whole) {
+		t.Fatalf("writeStream differs from fill: %v", err)
+	}
+	if streamSum(7, n) != sha256.Sum256(whole) {
+		t.Error("streamSum is not the SHA-256 of the stream")
 	}
 }

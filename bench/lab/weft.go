@@ -88,6 +88,9 @@ func (l *Lab) StartWeftWith(i int, args, env []string) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if l.closed.Load() { // checked under n.mu: Close reads n.proc under it after setting closed
+		return errors.New("lab: closed")
+	}
 	if n.proc != nil && !n.proc.exited() {
 		return fmt.Errorf("lab: start weft on %s: already running as pid %d", n.Name, n.proc.cmd.Process.Pid)
 	}

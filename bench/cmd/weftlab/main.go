@@ -266,7 +266,7 @@ func demo(s *session, c clusterFlags, nbytes int64, pings int) int {
 	tw.flush()
 
 	fmt.Fprintf(out, "\nping between pod addresses, through the tunnel (%d echoes each)\n", pings)
-	tw = newTable(out, "  ", "from → to", "loss", "avg rtt", "")
+	tw = newTable(out, "  ", "from → to", "loss", "avg rtt", "result")
 	failed, pairs := 0, 0
 	for from := range n {
 		for to := range n {
