@@ -79,12 +79,19 @@ func (l *Lab) StartWeft(i int, extraArgs ...string) error {
 // variables are dropped so that only what the caller passes counts. Output
 // is appended to the node's LogFile, after a header line.
 func (l *Lab) StartWeftWith(i int, args, env []string) error {
+	if l.opts.WeftBin == "" {
+		return errors.New("lab: no weft binary (Options.WeftBin)")
+	}
+	return l.StartDaemon(i, l.opts.WeftBin, args, env)
+}
+
+// StartDaemon starts bin (weft, or another tunnel daemon such as a stock
+// flanneld for interop tests) in node i's namespace, managed like weft:
+// logged to the node's LogFile, stopped by PID with StopWeft/KillWeft.
+func (l *Lab) StartDaemon(i int, bin string, args, env []string) error {
 	n, err := l.node(i)
 	if err != nil {
 		return err
-	}
-	if l.opts.WeftBin == "" {
-		return errors.New("lab: no weft binary (Options.WeftBin)")
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -101,7 +108,7 @@ func (l *Lab) StartWeftWith(i int, args, env []string) error {
 	fmt.Fprintf(f, "=== weftlab %s: start %s in %s: %s %s\n",
 		time.Now().Format(time.RFC3339Nano), n.Name, n.NS, strings.Join(env, " "), strings.Join(args, " "))
 
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS, l.opts.WeftBin}, args...)...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.NS, bin}, args...)...)
 	cmd.Stdout, cmd.Stderr = f, f // an *os.File is handed to the child directly, no copying goroutine
 	cmd.Env = append(cleanEnv(os.Environ()), env...)
 	if err := l.spawner.start(cmd); err != nil {
@@ -280,6 +287,29 @@ func (l *Lab) WaitReady(i int, timeout time.Duration) error {
 		}
 	}
 	return l.setupPod(n)
+}
+
+// WaitSubnetFile waits until node i's subnet file exists, then gives the
+// node its pod address. It is WaitReady for daemons without /readyz
+// (flanneld writes the file last, when it is ready).
+func (l *Lab) WaitSubnetFile(i int, timeout time.Duration) error {
+	n, err := l.node(i)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(n.SubnetFile); err == nil {
+			return l.setupPod(n)
+		}
+		if !l.Running(i) {
+			return fmt.Errorf("lab: daemon on %s exited before writing %s; log tail:\n%s", n.Name, n.SubnetFile, tail(l.Log(i), 20))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("lab: %s: no %s after %v; log tail:\n%s", n.Name, n.SubnetFile, timeout, tail(l.Log(i), 20))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // Pod is node i's pod address (FLANNEL_SUBNET's first host, e.g.
