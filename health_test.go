@@ -1,0 +1,53 @@
+package main
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/subnet"
+	"github.com/weft-net/weft/tunnel"
+)
+
+func get(t *testing.T, h http.Handler, path string) *httptest.ResponseRecorder {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	return rec
+}
+
+func TestHealthEndpoints(t *testing.T) {
+	h := newHealth()
+	srv := h.handler()
+	if rec := get(t, srv, "/healthz"); rec.Code != http.StatusOK {
+		t.Errorf("/healthz = %d, want 200 while alive", rec.Code)
+	}
+	if rec := get(t, srv, "/readyz"); rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d before ready, want 503", rec.Code)
+	}
+
+	exp := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
+	h.setLease(subnet.Lease{Subnet: netip.MustParsePrefix("198.19.7.0/24"),
+		Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("198.18.0.2")}, Expiration: exp, ID: 42})
+	h.setPeers([]tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
+	if rec := get(t, srv, "/readyz"); rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz = %d with a lease but no subnet file yet, want 503", rec.Code)
+	}
+	h.setReady()
+	if rec := get(t, srv, "/readyz"); rec.Code != http.StatusOK {
+		t.Errorf("/readyz = %d once ready, want 200", rec.Code)
+	}
+
+	rec := get(t, srv, "/status")
+	var s Status
+	if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
+		t.Fatalf("/status: %v\n%s", err, rec.Body)
+	}
+	if !s.Ready || s.Lease == nil || s.Lease.Subnet.String() != "198.19.7.0/24" || s.Lease.PublicIP.String() != "198.18.0.2" ||
+		!s.Lease.Expiration.Equal(exp) || s.Lease.Reserved || len(s.Peers) != 1 || s.Peers[0].PublicIP.String() != "198.18.0.3" {
+		t.Errorf("/status = %s", rec.Body)
+	}
+}
