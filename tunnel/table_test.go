@@ -143,18 +143,3 @@ func TestTableLookupAllocs(t *testing.T) {
 		t.Error("lookups gave wrong answers")
 	}
 }
-
-func BenchmarkTableLookup(b *testing.B) {
-	var peers []Peer
-	for i := 0; i < 256; i++ {
-		peers = append(peers, Peer{
-			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(i), 0}), 24),
-			Addr:   netip.AddrFrom4([4]byte{198, 18, 0, byte(i)}),
-		})
-	}
-	table := NewTable(peers)
-	b.ReportAllocs()
-	for i := 0; b.Loop(); i++ {
-		table.Lookup([4]byte{198, 19, byte(i), 1})
-	}
-}
