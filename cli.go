@@ -48,8 +48,9 @@ type options struct {
 	printVersion      bool
 
 	// weft's own additions.
-	tunName string
-	mtu     int
+	tunName     string
+	mtu         int
+	sourceCheck string
 }
 
 func (o *options) etcdFlags(fs *pflag.FlagSet) {
@@ -78,6 +79,7 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.printVersion, "version", false, "print the version and exit")
 	fs.StringVar(&o.tunName, "tun-name", "udp0", "name of the TUN device")
 	fs.IntVar(&o.mtu, "mtu", 0, "TUN MTU (0: the interface's MTU minus 28)")
+	fs.StringVar(&o.sourceCheck, "source-check", "strict", "which datagrams to accept: strict (from the PublicIP of the lease holding the inner source), nat (inner source in any lease, for peers behind NAT), off (any, as flanneld)")
 }
 
 // execute runs weft with args (without the program name).

@@ -66,6 +66,10 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	check, ok := tunnel.ParseSourceCheck(o.sourceCheck)
+	if !ok {
+		return fmt.Errorf("-source-check=%s: must be strict, nat or off", o.sourceCheck)
+	}
 	if o.ipMasq {
 		log.Warn("-ip-masq is accepted but weft does not install NAT rules yet; add masquerading yourself", "flag", "ip-masq")
 	}
@@ -89,7 +93,7 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 	}
 	defer store.Close()
 
-	d := &node{opts: o, log: log, nl: nl, store: store, iface: iface, publicIP: publicIP, margin: margin}
+	d := &node{opts: o, log: log, nl: nl, store: store, iface: iface, publicIP: publicIP, margin: margin, sourceCheck: check}
 	return d.run(ctx)
 }
 
@@ -126,6 +130,8 @@ type node struct {
 	iface    route.Iface
 	publicIP netip.Addr
 	margin   time.Duration
+
+	sourceCheck tunnel.SourceCheck
 
 	cfg    *subnet.Config
 	fwd    *tunnel.Forwarder
@@ -209,7 +215,8 @@ func (d *node) run(ctx context.Context) error {
 		return err
 	}
 
-	d.fwd = tunnel.NewForwarder(tunnel.Config{Device: dev, Conn: conn, Port: uint16(cfg.BackendPort), Logger: d.log})
+	d.fwd = tunnel.NewForwarder(tunnel.Config{Device: dev, Conn: conn, Port: uint16(cfg.BackendPort),
+		SourceCheck: d.sourceCheck, Logger: d.log})
 	connOwned = false
 	d.health.setForwarder(d.fwd, o.tunName, mtu)
 
@@ -397,7 +404,7 @@ func (d *node) publishPeers(own netip.Prefix, leases []subnet.Lease) {
 		}
 		peers = append(peers, tunnel.Peer{Subnet: l.Subnet, Addr: l.Attrs.PublicIP})
 	}
-	d.fwd.SetPeers(tunnel.NewTable(peers))
+	d.fwd.SetPeers(tunnel.NewTable(own, peers))
 	d.health.setPeers(peers)
 }
 

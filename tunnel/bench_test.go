@@ -71,7 +71,7 @@ func BenchmarkEncapsulate(b *testing.B) {
 				dev := &sourceDevice{pkt: pkt, n: batch}
 				conn := &sourceConn{src: netip.MustParseAddrPort("198.18.0.1:8285")}
 				f := tunnel.NewForwarder(tunnel.Config{Device: dev, Conn: conn})
-				f.SetPeers(tunnel.NewTable([]tunnel.Peer{{Subnet: subnetB, Addr: netip.MustParseAddr("198.18.0.2")}}))
+				f.SetPeers(tunnel.NewTable(subnetA, []tunnel.Peer{{Subnet: subnetB, Addr: netip.MustParseAddr("198.18.0.2")}}))
 				b.SetBytes(int64(len(pkt) * batch))
 				b.ReportAllocs()
 				for b.Loop() {
@@ -97,6 +97,8 @@ func BenchmarkDecapsulate(b *testing.B) {
 				dev := &sourceDevice{}
 				conn := &sourceConn{pkt: pkt, src: netip.MustParseAddrPort("198.18.0.1:8285"), n: batch}
 				f := tunnel.NewForwarder(tunnel.Config{Device: dev, Conn: conn})
+				// Strict ingress checks on: the sender holds hostA's subnet.
+				f.SetPeers(tunnel.NewTable(subnetB, []tunnel.Peer{{Subnet: subnetA, Addr: conn.src.Addr()}}))
 				b.SetBytes(int64(len(pkt) * batch))
 				b.ReportAllocs()
 				for b.Loop() {
@@ -126,7 +128,7 @@ func BenchmarkPeerLookup(b *testing.B) {
 				peers[i] = tunnel.Peer{Subnet: netip.PrefixFrom(a, 28), Addr: netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)})}
 				dsts[i] = a.Next().As4()
 			}
-			table := tunnel.NewTable(peers)
+			table := tunnel.NewTable(netip.Prefix{}, peers)
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {

@@ -27,8 +27,11 @@ type Config struct {
 	Conn   Conn
 	// Port is the UDP port every peer listens on (flannel's Backend.Port);
 	// 0 means DefaultPort.
-	Port   uint16
-	Logger *slog.Logger
+	Port uint16
+	// SourceCheck is how incoming datagrams are matched to leases
+	// (SourceStrict unless set).
+	SourceCheck SourceCheck
+	Logger      *slog.Logger
 }
 
 // Forwarder moves packets between a Device and a Conn: one goroutine reads
@@ -37,10 +40,11 @@ type Config struct {
 // batch, so the steady state allocates nothing and shares no lock with the
 // control plane.
 type Forwarder struct {
-	dev  Device
-	conn Conn
-	port uint16
-	log  *slog.Logger
+	dev   Device
+	conn  Conn
+	port  uint16
+	check SourceCheck
+	log   *slog.Logger
 
 	peers   atomic.Pointer[Table]
 	started atomic.Bool
@@ -74,7 +78,7 @@ func NewForwarder(c Config) *Forwarder {
 	if c.Device == nil || c.Conn == nil {
 		panic("tunnel: NewForwarder needs a Device and a Conn")
 	}
-	f := &Forwarder{dev: c.Device, conn: c.Conn, port: c.Port, log: c.Logger}
+	f := &Forwarder{dev: c.Device, conn: c.Conn, port: c.Port, check: c.SourceCheck, log: c.Logger}
 	if f.port == 0 {
 		f.port = DefaultPort
 	}
@@ -253,15 +257,20 @@ func (f *Forwarder) send(pkts [][]byte, peer netip.Addr) error {
 	return fmt.Errorf("write to udp %s: %w", dst, err)
 }
 
-// udpToTUN reads one batch of datagrams, checks each inner packet, lowers
-// its TTL and writes the survivors to the TUN in one call.
+// udpToTUN reads one batch of datagrams, checks each inner packet (shape,
+// then whether the sender may send it to us), lowers its TTL and writes the
+// survivors to the TUN in one call.
 func (f *Forwarder) udpToTUN() error {
 	in := &f.in
 	n, err := f.conn.Read(in.views, in.sizes, in.addrs)
+	peers := f.peers.Load()
 	ready := in.ready[:0]
 	for i := range n {
 		pkt := in.views[i][:in.sizes[i]]
 		reason := ValidateIPv4(pkt)
+		if reason == DropNone {
+			reason = peers.Accept(in.addrs[i].Addr(), pkt, f.check)
+		}
 		if reason == DropNone {
 			reason = DecrementTTL(pkt)
 		}

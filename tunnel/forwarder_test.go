@@ -93,7 +93,9 @@ type node struct {
 	stop func()
 }
 
-func newNode(t *testing.T, dev tunnel.Device, conn tunnel.Conn, peers ...tunnel.Peer) *tunnel.Forwarder {
+// newNode makes a forwarder for a node owning local, with strict ingress
+// checks.
+func newNode(t *testing.T, dev tunnel.Device, conn tunnel.Conn, local netip.Prefix, peers ...tunnel.Peer) *tunnel.Forwarder {
 	t.Helper()
 	fwd := tunnel.NewForwarder(tunnel.Config{
 		Device: dev,
@@ -101,16 +103,16 @@ func newNode(t *testing.T, dev tunnel.Device, conn tunnel.Conn, peers ...tunnel.
 		Port:   conn.LocalAddr().Port(),
 		Logger: slog.New(slog.NewTextHandler(t.Output(), nil)),
 	})
-	fwd.SetPeers(tunnel.NewTable(peers))
+	fwd.SetPeers(tunnel.NewTable(local, peers))
 	return fwd
 }
 
 // startNode runs a forwarder on a fresh fake TUN. stop (also run at
 // cleanup) cancels it and requires Run to return nil promptly.
-func startNode(t *testing.T, conn tunnel.Conn, peers ...tunnel.Peer) *node {
+func startNode(t *testing.T, conn tunnel.Conn, local netip.Prefix, peers ...tunnel.Peer) *node {
 	t.Helper()
 	n := &node{dev: tuntest.NewDevice("udp0", 1472), conn: conn}
-	n.fwd = newNode(t, n.dev, conn, peers...)
+	n.fwd = newNode(t, n.dev, conn, local, peers...)
 	n.stop = runForwarder(t, n.fwd)
 	return n
 }
@@ -145,8 +147,8 @@ func runForwarder(t *testing.T, fwd *tunnel.Forwarder) (stop func()) {
 // the other, and returns them with the third conn.
 func twoNodes(t *testing.T, tr transport) (a, b *node, other tunnel.Conn) {
 	ca, cb, other := tr.conns(t)
-	a = startNode(t, ca, tunnel.Peer{Subnet: subnetB, Addr: cb.LocalAddr().Addr()})
-	b = startNode(t, cb, tunnel.Peer{Subnet: subnetA, Addr: ca.LocalAddr().Addr()})
+	a = startNode(t, ca, subnetA, tunnel.Peer{Subnet: subnetB, Addr: cb.LocalAddr().Addr()})
+	b = startNode(t, cb, subnetB, tunnel.Peer{Subnet: subnetA, Addr: ca.LocalAddr().Addr()})
 	return a, b, other
 }
 
@@ -306,16 +308,18 @@ func TestForwardDropsMalformedDatagrams(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(tr.name, func(t *testing.T) {
 			checkLeaks(t)
-			_, b, other := twoNodes(t, tr)
+			// Sent by A, a legitimate peer, so only the packets' shape
+			// is at fault.
+			a, b, _ := twoNodes(t, tr)
 			var want [tunnel.NumDropReasons]uint64
 			for _, c := range cases {
-				if err := other.Write([][]byte{c.pkt}, 0, b.conn.LocalAddr()); err != nil {
+				if err := a.conn.Write([][]byte{c.pkt}, 0, b.conn.LocalAddr()); err != nil {
 					t.Fatal(err)
 				}
 				want[c.reason]++
 			}
 			good := valid()
-			if err := other.Write([][]byte{good}, 0, b.conn.LocalAddr()); err != nil {
+			if err := a.conn.Write([][]byte{good}, 0, b.conn.LocalAddr()); err != nil {
 				t.Fatal(err)
 			}
 			requireForwarded(t, good, receive(t, b.dev))
@@ -328,16 +332,58 @@ func TestForwardDropsMalformedDatagrams(t *testing.T) {
 	}
 }
 
+// TestForwardIngressChecks: B accepts a datagram only from the PublicIP of
+// the lease holding the inner source, and only for its own subnet.
+func TestForwardIngressChecks(t *testing.T) {
+	for _, tr := range transports {
+		t.Run(tr.name, func(t *testing.T) {
+			checkLeaks(t)
+			a, b, other := twoNodes(t, tr)
+			cases := []struct {
+				from   tunnel.Conn
+				pkt    []byte
+				reason tunnel.DropReason
+			}{
+				// A's subnet, but not from A: spoofed.
+				{other, tuntest.IPv4UDP(hostA, hostB, []byte("spoofed")), tunnel.DropSpoofedSource},
+				// From A, but from a subnet nobody holds.
+				{a.conn, tuntest.IPv4UDP(netip.MustParseAddr("198.19.9.9"), hostB, []byte("unknown")), tunnel.DropUnknownSource},
+				{other, tuntest.IPv4UDP(netip.MustParseAddr("198.18.0.66"), hostB, []byte("outside")), tunnel.DropUnknownSource},
+				// From A, but not for B's subnet.
+				{a.conn, tuntest.IPv4UDP(hostA, netip.MustParseAddr("198.19.3.3"), []byte("elsewhere")), tunnel.DropNotLocal},
+				{a.conn, tuntest.IPv4UDP(hostA, hostA, []byte("reflected")), tunnel.DropNotLocal},
+			}
+			var want [tunnel.NumDropReasons]uint64
+			for _, c := range cases {
+				if err := c.from.Write([][]byte{c.pkt}, 0, b.conn.LocalAddr()); err != nil {
+					t.Fatal(err)
+				}
+				want[c.reason]++
+			}
+			good := tuntest.IPv4UDP(hostA, hostB, []byte("legitimate"))
+			if err := a.conn.Write([][]byte{good}, 0, b.conn.LocalAddr()); err != nil {
+				t.Fatal(err)
+			}
+			requireForwarded(t, good, receive(t, b.dev))
+			expectNothing(t, b.dev)
+			eventually(t, "counters", func() bool {
+				c := b.fwd.Counters()
+				return c.Drops == want && c.RxPackets == 1
+			})
+		})
+	}
+}
+
 func TestForwardSetPeersWhileRunning(t *testing.T) {
 	checkLeaks(t)
 	ca, cb, _ := fakeConns(t)
-	a := startNode(t, ca)
-	b := startNode(t, cb)
+	a := startNode(t, ca, subnetA)
+	b := startNode(t, cb, subnetB, tunnel.Peer{Subnet: subnetA, Addr: ca.LocalAddr().Addr()})
 	first := tuntest.IPv4UDP(hostA, hostB, []byte("no table yet"))
 	a.dev.Inject(first)
 	eventually(t, "no_route", func() bool { return a.fwd.Counters().Drops[tunnel.DropNoRoute] == 1 })
 
-	a.fwd.SetPeers(tunnel.NewTable([]tunnel.Peer{{Subnet: subnetB, Addr: cb.LocalAddr().Addr()}}))
+	a.fwd.SetPeers(tunnel.NewTable(subnetA, []tunnel.Peer{{Subnet: subnetB, Addr: cb.LocalAddr().Addr()}}))
 	second := tuntest.IPv4UDP(hostA, hostB, []byte("table now"))
 	a.dev.Inject(second)
 	requireForwarded(t, second, receive(t, b.dev))
@@ -368,7 +414,7 @@ func TestForwardGroupsRunsPerPeer(t *testing.T) {
 	peerY, _ := n.Listen(netip.MustParseAddrPort("198.18.0.3:8285"))
 	rec := &recordingConn{Conn: conn}
 	dev := tuntest.NewDevice("udp0", 1472)
-	fwd := newNode(t, dev, rec,
+	fwd := newNode(t, dev, rec, subnetA,
 		tunnel.Peer{Subnet: subnetB, Addr: peerX.LocalAddr().Addr()},
 		tunnel.Peer{Subnet: netip.MustParsePrefix("198.19.3.0/24"), Addr: peerY.LocalAddr().Addr()})
 	x, y := hostB, netip.MustParseAddr("198.19.3.3")
@@ -395,8 +441,8 @@ func TestForwardAllocs(t *testing.T) {
 		t.Run(tr.name, func(t *testing.T) {
 			ca, cb, _ := tr.conns(t)
 			devA, devB := tuntest.NewDevice("udp0", 1472), tuntest.NewDevice("udp0", 1472)
-			fa := newNode(t, devA, ca, tunnel.Peer{Subnet: subnetB, Addr: cb.LocalAddr().Addr()})
-			fb := newNode(t, devB, cb, tunnel.Peer{Subnet: subnetA, Addr: ca.LocalAddr().Addr()})
+			fa := newNode(t, devA, ca, subnetA, tunnel.Peer{Subnet: subnetB, Addr: cb.LocalAddr().Addr()})
+			fb := newNode(t, devB, cb, subnetB, tunnel.Peer{Subnet: subnetA, Addr: ca.LocalAddr().Addr()})
 			delivered := 0
 			devB.SetWriteHook(func(pkt []byte) error { delivered++; return nil })
 
@@ -457,7 +503,7 @@ func TestRunFailsOnReadError(t *testing.T) {
 	dev := &faultyDevice{Device: tuntest.NewDevice("udp0", 1472), readErrs: make(chan error, 1)}
 	boom := errors.New("device vanished")
 	dev.readErrs <- boom
-	fwd := newNode(t, dev, ca)
+	fwd := newNode(t, dev, ca, subnetA)
 	done := make(chan error, 1)
 	go func() { done <- fwd.Run(context.Background()) }()
 	select {
@@ -482,9 +528,9 @@ func TestRunRidesTransientReadError(t *testing.T) {
 	ca, cb, _ := fakeConns(t)
 	dev := &faultyDevice{Device: tuntest.NewDevice("udp0", 1472), readErrs: make(chan error, 1)}
 	dev.readErrs <- fmt.Errorf("read tun: %w", syscall.ENOBUFS)
-	fa := newNode(t, dev, ca, tunnel.Peer{Subnet: subnetB, Addr: cb.LocalAddr().Addr()})
+	fa := newNode(t, dev, ca, subnetA, tunnel.Peer{Subnet: subnetB, Addr: cb.LocalAddr().Addr()})
 	runForwarder(t, fa)
-	b := startNode(t, cb)
+	b := startNode(t, cb, subnetB, tunnel.Peer{Subnet: subnetA, Addr: ca.LocalAddr().Addr()})
 	pkt := tuntest.IPv4UDP(hostA, hostB, nil)
 	dev.Inject(pkt)
 	requireForwarded(t, pkt, receive(t, b.dev))
@@ -496,7 +542,7 @@ func TestRunRidesTransientReadError(t *testing.T) {
 func TestRunCancelledBeforeStart(t *testing.T) {
 	checkLeaks(t)
 	ca, _, _ := fakeConns(t)
-	fwd := newNode(t, tuntest.NewDevice("udp0", 1472), ca)
+	fwd := newNode(t, tuntest.NewDevice("udp0", 1472), ca, subnetA)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := fwd.Run(ctx); err != nil {

@@ -31,6 +31,13 @@ const (
 	DropSendError
 	// DropTUNWriteError: the kernel refused the packet written to the TUN.
 	DropTUNWriteError
+	// DropUnknownSource: the inner source lies in no lease's subnet.
+	DropUnknownSource
+	// DropSpoofedSource: the inner source's lease has another PublicIP than
+	// the datagram's outer source.
+	DropSpoofedSource
+	// DropNotLocal: the inner destination is not in this node's subnet.
+	DropNotLocal
 
 	// NumDropReasons sizes arrays indexed by DropReason.
 	NumDropReasons
@@ -47,6 +54,9 @@ var dropReasonNames = [NumDropReasons]string{
 	DropTTLExpired:         "ttl_expired",
 	DropSendError:          "send_error",
 	DropTUNWriteError:      "tun_write_error",
+	DropUnknownSource:      "unknown_source",
+	DropSpoofedSource:      "spoofed_source",
+	DropNotLocal:           "not_local",
 }
 
 // String returns the reason's metric-style name, e.g. "no_route".

@@ -14,10 +14,16 @@ type Peer struct {
 	Addr   netip.Addr
 }
 
-// Table maps overlay subnets to peers. It is immutable once built: the
-// control plane builds a new one off the hot path and swaps it in with
-// Forwarder.SetPeers. A nil *Table is valid and empty.
+// Table is the data path's view of the cluster: this node's own subnet and
+// the peers' subnets. It routes outgoing packets and decides which incoming
+// ones to accept. It is immutable once built: the control plane builds a new
+// one off the hot path and swaps it in with Forwarder.SetPeers. A nil
+// *Table is valid and empty: it routes nothing and accepts nothing.
 type Table struct {
+	local     netip.Prefix // masked; invalid when unknown
+	localKey  uint32
+	localMask uint32
+
 	// levels holds one map per distinct prefix length, longest first, so
 	// a lookup is one masked map probe per length. Flannel leases all share
 	// SubnetLen, so in practice there is a single level.
@@ -31,20 +37,27 @@ type tableLevel struct {
 	peers map[uint32]netip.Addr
 }
 
-// NewTable builds a table from peers. Entries that are not IPv4 (subnet or
-// address) are skipped. Subnets are masked; when two entries name the same
-// subnet the later one wins.
-func NewTable(peers []Peer) *Table {
+// NewTable builds a table for a node that owns local and talks to peers.
+// Peers that are not IPv4 (subnet or address), or are the local subnet, are
+// skipped. Subnets are masked; when two entries name the same subnet the
+// later one wins.
+func NewTable(local netip.Prefix, peers []Peer) *Table {
+	local = local.Masked()
 	bySubnet := make(map[netip.Prefix]netip.Addr, len(peers))
 	for _, p := range peers {
 		addr := p.Addr.Unmap()
-		if !p.Subnet.IsValid() || !p.Subnet.Addr().Is4() || !addr.Is4() {
+		if !p.Subnet.IsValid() || !p.Subnet.Addr().Is4() || !addr.Is4() || p.Subnet.Masked() == local {
 			continue
 		}
 		bySubnet[p.Subnet.Masked()] = addr
 	}
 
 	t := &Table{peers: make([]Peer, 0, len(bySubnet))}
+	if local.IsValid() && local.Addr().Is4() {
+		t.local = local
+		t.localKey = addrKey(local.Addr().As4())
+		t.localMask = prefixMask(local.Bits())
+	}
 	levels := map[int]map[uint32]netip.Addr{}
 	for subnet, addr := range bySubnet {
 		t.peers = append(t.peers, Peer{Subnet: subnet, Addr: addr})
@@ -81,6 +94,79 @@ func (t *Table) Lookup(dst [4]byte) (netip.Addr, bool) {
 		}
 	}
 	return netip.Addr{}, false
+}
+
+// Local returns this node's subnet (invalid if the table has none).
+func (t *Table) Local() netip.Prefix {
+	if t == nil {
+		return netip.Prefix{}
+	}
+	return t.local
+}
+
+// SourceCheck says how strictly incoming datagrams are matched to leases.
+type SourceCheck uint8
+
+const (
+	// SourceStrict (the default): the inner source must lie in a lease's
+	// subnet and the datagram must come from that lease's PublicIP.
+	SourceStrict SourceCheck = iota
+	// SourceNAT: the inner source must lie in a lease's subnet; the outer
+	// source is not checked, for nodes behind NAT whose PublicIP is not the
+	// address their datagrams arrive from.
+	SourceNAT
+	// SourceOff: no source check (flanneld's behaviour). The destination
+	// is still checked.
+	SourceOff
+)
+
+// ParseSourceCheck parses "strict", "nat" or "off".
+func ParseSourceCheck(s string) (SourceCheck, bool) {
+	switch s {
+	case "strict":
+		return SourceStrict, true
+	case "nat":
+		return SourceNAT, true
+	case "off":
+		return SourceOff, true
+	}
+	return 0, false
+}
+
+func (c SourceCheck) String() string {
+	switch c {
+	case SourceStrict:
+		return "strict"
+	case SourceNAT:
+		return "nat"
+	case SourceOff:
+		return "off"
+	}
+	return "unknown"
+}
+
+// Accept decides whether an inner packet that arrived from outer may enter
+// this node: its destination must be in the local subnet (which holds the
+// device address too) and, per check, its source must belong to the peer
+// that sent it. pkt must have passed ValidateIPv4. It does not allocate.
+func (t *Table) Accept(outer netip.Addr, pkt []byte, check SourceCheck) DropReason {
+	if t == nil || !t.local.IsValid() {
+		return DropNotLocal
+	}
+	if addrKey([4]byte(pkt[16:20]))&t.localMask != t.localKey {
+		return DropNotLocal
+	}
+	if check == SourceOff {
+		return DropNone
+	}
+	owner, ok := t.Lookup([4]byte(pkt[12:16]))
+	if !ok {
+		return DropUnknownSource
+	}
+	if check == SourceStrict && owner != outer.Unmap() {
+		return DropSpoofedSource
+	}
+	return DropNone
 }
 
 // Len returns the number of peers.

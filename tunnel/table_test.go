@@ -11,7 +11,7 @@ func TestTableLookup(t *testing.T) {
 	peerB := netip.MustParseAddr("198.18.0.2")
 	peerC := netip.MustParseAddr("198.18.0.3")
 	peerD := netip.MustParseAddr("198.18.0.4")
-	table := NewTable([]Peer{
+	table := NewTable(netip.Prefix{}, []Peer{
 		{Subnet: netip.MustParsePrefix("198.19.1.0/24"), Addr: peerA},
 		{Subnet: netip.MustParsePrefix("198.19.2.77/24"), Addr: peerB},                         // masked
 		{Subnet: netip.MustParsePrefix("198.19.2.128/26"), Addr: peerC},                        // more specific
@@ -61,7 +61,7 @@ func TestTableLookup(t *testing.T) {
 }
 
 func TestTableNilAndEmpty(t *testing.T) {
-	for _, table := range []*Table{nil, NewTable(nil)} {
+	for _, table := range []*Table{nil, NewTable(netip.Prefix{}, nil)} {
 		if _, ok := table.Lookup([4]byte{198, 19, 1, 1}); ok {
 			t.Error("empty table found a peer")
 		}
@@ -73,7 +73,7 @@ func TestTableNilAndEmpty(t *testing.T) {
 
 func TestTableDefaultRoute(t *testing.T) {
 	gw := netip.MustParseAddr("198.18.0.9")
-	table := NewTable([]Peer{{Subnet: netip.MustParsePrefix("0.0.0.0/0"), Addr: gw}})
+	table := NewTable(netip.Prefix{}, []Peer{{Subnet: netip.MustParsePrefix("0.0.0.0/0"), Addr: gw}})
 	if got, ok := table.Lookup([4]byte{203, 0, 113, 1}); !ok || got != gw {
 		t.Errorf("Lookup via /0 = %v, %v", got, ok)
 	}
@@ -94,7 +94,7 @@ func TestTableMatchesLinearScan(t *testing.T) {
 				Addr:   netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}),
 			})
 		}
-		table := NewTable(peers)
+		table := NewTable(netip.Prefix{}, peers)
 		for i := 0; i < 500; i++ {
 			dst := [4]byte{198, 19, byte(rng.IntN(9)), byte(rng.IntN(256))}
 			want, wantOK := linearLookup(peers, dst)
@@ -129,7 +129,7 @@ func TestTableLookupAllocs(t *testing.T) {
 		})
 	}
 	peers = append(peers, Peer{Subnet: netip.MustParsePrefix("198.19.7.64/26"), Addr: peers[0].Addr})
-	table := NewTable(peers)
+	table := NewTable(netip.Prefix{}, peers)
 	var sink bool
 	allocs := testing.AllocsPerRun(1000, func() {
 		_, ok1 := table.Lookup([4]byte{198, 19, 7, 70})
@@ -141,5 +141,63 @@ func TestTableLookupAllocs(t *testing.T) {
 	}
 	if !sink {
 		t.Error("lookups gave wrong answers")
+	}
+}
+
+func TestTableAccept(t *testing.T) {
+	local := netip.MustParsePrefix("198.19.2.0/24")
+	peerA := netip.MustParseAddr("198.18.0.1")
+	table := NewTable(local, []Peer{
+		{Subnet: netip.MustParsePrefix("198.19.1.0/24"), Addr: peerA},
+		{Subnet: netip.MustParsePrefix("198.19.3.0/24"), Addr: netip.MustParseAddr("198.18.0.3")},
+		// Our own lease listed as a peer is ignored.
+		{Subnet: local, Addr: netip.MustParseAddr("198.18.0.2")},
+	})
+	pkt := func(src, dst string) []byte {
+		p := make([]byte, 20)
+		p[0] = 0x45
+		s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+		copy(p[12:16], s[:])
+		copy(p[16:20], d[:])
+		return p
+	}
+	stranger := netip.MustParseAddr("198.18.0.99")
+	cases := []struct {
+		outer    netip.Addr
+		src, dst string
+		want     [3]DropReason // strict, nat, off
+	}{
+		{peerA, "198.19.1.5", "198.19.2.7", [3]DropReason{DropNone, DropNone, DropNone}},
+		{peerA, "198.19.1.5", "198.19.2.0", [3]DropReason{DropNone, DropNone, DropNone}}, // the device address
+		{netip.AddrFrom16(peerA.As16()), "198.19.1.5", "198.19.2.7", [3]DropReason{DropNone, DropNone, DropNone}},
+		{stranger, "198.19.1.5", "198.19.2.7", [3]DropReason{DropSpoofedSource, DropNone, DropNone}},
+		{peerA, "198.19.3.5", "198.19.2.7", [3]DropReason{DropSpoofedSource, DropNone, DropNone}},
+		{peerA, "198.19.9.5", "198.19.2.7", [3]DropReason{DropUnknownSource, DropUnknownSource, DropNone}},
+		{peerA, "198.19.2.5", "198.19.2.7", [3]DropReason{DropUnknownSource, DropUnknownSource, DropNone}}, // our own subnet as source
+		{peerA, "198.19.1.5", "198.19.3.7", [3]DropReason{DropNotLocal, DropNotLocal, DropNotLocal}},
+		{peerA, "198.19.1.5", "198.18.0.2", [3]DropReason{DropNotLocal, DropNotLocal, DropNotLocal}},
+	}
+	for _, c := range cases {
+		for i, check := range []SourceCheck{SourceStrict, SourceNAT, SourceOff} {
+			if got := table.Accept(c.outer, pkt(c.src, c.dst), check); got != c.want[i] {
+				t.Errorf("%s: %v sends %s -> %s: %v, want %v", check, c.outer, c.src, c.dst, got, c.want[i])
+			}
+		}
+	}
+	var nilTable *Table
+	if got := nilTable.Accept(peerA, pkt("198.19.1.5", "198.19.2.7"), SourceOff); got != DropNotLocal {
+		t.Errorf("nil table accepted a packet: %v", got)
+	}
+	good := pkt("198.19.1.5", "198.19.2.7")
+	if allocs := testing.AllocsPerRun(100, func() { table.Accept(peerA, good, SourceStrict) }); allocs != 0 {
+		t.Errorf("Accept allocates %.1f times", allocs)
+	}
+	for _, s := range []string{"strict", "nat", "off"} {
+		if c, ok := ParseSourceCheck(s); !ok || c.String() != s {
+			t.Errorf("ParseSourceCheck(%q) = %v, %v", s, c, ok)
+		}
+	}
+	if _, ok := ParseSourceCheck("loose"); ok {
+		t.Error("ParseSourceCheck accepted loose")
 	}
 }

@@ -261,7 +261,13 @@ func TestForwarderOnRealDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	fwd := newNode(t, dev, conn, tunnel.Peer{Subnet: netip.MustParsePrefix("198.19.2.0/24"), Addr: conn.LocalAddr().Addr()})
+	// The node is its own peer: what leaves the TUN comes back to it. Its
+	// local subnet is the whole network so the returning packet is
+	// addressed to it, and the source check is off: the device address is
+	// in no lease.
+	fwd := tunnel.NewForwarder(tunnel.Config{Device: dev, Conn: conn, Port: conn.LocalAddr().Port(), SourceCheck: tunnel.SourceOff})
+	fwd.SetPeers(tunnel.NewTable(netip.MustParsePrefix("198.19.0.0/16"),
+		[]tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.2.0/24"), Addr: conn.LocalAddr().Addr()}}))
 	stop := runForwarder(t, fwd)
 
 	sock, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
