@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -132,6 +134,7 @@ type node struct {
 	margin   time.Duration
 
 	sourceCheck tunnel.SourceCheck
+	publishMu   sync.Mutex
 
 	cfg    *subnet.Config
 	fwd    *tunnel.Forwarder
@@ -243,17 +246,24 @@ func (d *node) run(ctx context.Context) error {
 	spawn("data path", d.fwd.Run)
 	spawn("watch", func(ctx context.Context) error { return d.watch(ctx, lease.Subnet, leases, rev, cancel) })
 	spawn("lease renewal", func(ctx context.Context) error {
-		return subnet.KeepAlive(ctx, d.store, subnet.RealClock{}, d.log, lease, d.margin, func(l subnet.Lease) {
-			d.health.setLease(l)
-			d.log.Info("lease renewed", "subnet", l.Subnet, "expires", l.Expiration.Format(time.RFC3339))
-		})
+		return subnet.KeepAlive(ctx, d.store, subnet.RealClock{}, d.log, lease, d.margin,
+			func(l subnet.Lease) { d.health.renewed(l) },
+			func(err error) { d.health.renewFailed(err, time.Now()) })
 	})
+	// SIGHUP re-applies everything at once, as the timer does slowly.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	spawn("route check", func(ctx context.Context) error {
 		for {
+			reload := false
 			select {
 			case <-ctx.Done():
 				return nil
 			case <-time.After(routeResync):
+			case <-hup:
+				reload = true
+				d.log.Info("SIGHUP: re-listing leases and re-applying device, address, route and peers")
 			}
 			changes, err := route.Apply(d.nl, desired)
 			if err != nil {
@@ -261,6 +271,17 @@ func (d *node) run(ctx context.Context) error {
 			}
 			for _, c := range changes {
 				d.log.Info("repaired kernel state", "change", c)
+			}
+			if reload {
+				lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				leases, _, err := d.store.ListLeases(lctx)
+				cancel()
+				if err != nil {
+					d.log.Warn("SIGHUP: list leases failed; keeping the current peer table", "err", err)
+				} else {
+					d.publishPeers(lease.Subnet, leases)
+					d.log.Info("SIGHUP: reloaded", "leases", len(leases))
+				}
 			}
 		}
 	})
@@ -395,8 +416,11 @@ func (d *node) openDevice(mtu int) (tunnel.Device, error) {
 	return nil, err
 }
 
-// publishPeers builds a fresh immutable table for the data path.
+// publishPeers builds a fresh immutable table for the data path. The watch
+// and SIGHUP both publish; the lock keeps their tables whole.
 func (d *node) publishPeers(own netip.Prefix, leases []subnet.Lease) {
+	d.publishMu.Lock()
+	defer d.publishMu.Unlock()
 	peers := make([]tunnel.Peer, 0, len(leases))
 	for _, l := range leases {
 		if l.Subnet == own {

@@ -20,19 +20,40 @@ import (
 // health serves /healthz (alive), /readyz (503 until the lease, device,
 // route and subnet.env exist) and /status (JSON for operators and tests).
 type health struct {
-	mu     sync.Mutex
-	ready  bool
-	lease  subnet.Lease
-	peers  []tunnel.Peer
-	fwd    *tunnel.Forwarder
-	device string
-	mtu    int
+	mu    sync.Mutex
+	ready bool
+	lease subnet.Lease
+	// renewal trouble: since when renewals fail, and the last error.
+	renewFailingSince time.Time
+	renewErr          string
+	peers             []tunnel.Peer
+	fwd               *tunnel.Forwarder
+	device            string
+	mtu               int
 }
 
 func newHealth() *health { return &health{} }
 
 func (h *health) setLease(l subnet.Lease) { h.mu.Lock(); h.lease = l; h.mu.Unlock() }
-func (h *health) setReady()               { h.mu.Lock(); h.ready = true; h.mu.Unlock() }
+
+// renewed records a successful renewal, clearing any trouble.
+func (h *health) renewed(l subnet.Lease) {
+	h.mu.Lock()
+	h.lease, h.renewFailingSince, h.renewErr = l, time.Time{}, ""
+	h.mu.Unlock()
+}
+
+// renewFailed records a failed renewal attempt: /readyz turns 503 and
+// /status says why, long before the lease could expire.
+func (h *health) renewFailed(err error, now time.Time) {
+	h.mu.Lock()
+	if h.renewFailingSince.IsZero() {
+		h.renewFailingSince = now
+	}
+	h.renewErr = err.Error()
+	h.mu.Unlock()
+}
+func (h *health) setReady() { h.mu.Lock(); h.ready = true; h.mu.Unlock() }
 func (h *health) setPeers(p []tunnel.Peer) {
 	h.mu.Lock()
 	h.peers = p
@@ -49,6 +70,7 @@ func (h *health) setForwarder(f *tunnel.Forwarder, device string, mtu int) {
 type Status struct {
 	Ready    bool          `json:"ready"`
 	Lease    *StatusLease  `json:"lease,omitempty"`
+	Renewal  *StatusRenew  `json:"renewal,omitempty"`
 	Device   string        `json:"device,omitempty"`
 	MTU      int           `json:"mtu,omitempty"`
 	Peers    []StatusPeer  `json:"peers"`
@@ -60,6 +82,12 @@ type StatusLease struct {
 	PublicIP   netip.Addr   `json:"publicIP"`
 	Expiration time.Time    `json:"expiration"`
 	Reserved   bool         `json:"reserved"`
+}
+
+// StatusRenew is present while lease renewals fail.
+type StatusRenew struct {
+	FailingSince time.Time `json:"failingSince"`
+	LastError    string    `json:"lastError"`
 }
 
 type StatusPeer struct {
@@ -78,7 +106,10 @@ type StatusCounter struct {
 func (h *health) status() Status {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	s := Status{Ready: h.ready, Device: h.device, MTU: h.mtu, Peers: []StatusPeer{}}
+	s := Status{Ready: h.ready && h.renewFailingSince.IsZero(), Device: h.device, MTU: h.mtu, Peers: []StatusPeer{}}
+	if !h.renewFailingSince.IsZero() {
+		s.Renewal = &StatusRenew{FailingSince: h.renewFailingSince, LastError: h.renewErr}
+	}
 	if h.lease.Subnet.IsValid() {
 		s.Lease = &StatusLease{Subnet: h.lease.Subnet, PublicIP: h.lease.Attrs.PublicIP,
 			Expiration: h.lease.Expiration, Reserved: h.lease.Reserved()}
@@ -105,10 +136,15 @@ func (h *health) handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		h.mu.Lock()
-		ready := h.ready
+		ready, since, renewErr, exp := h.ready, h.renewFailingSince, h.renewErr, h.lease.Expiration
 		h.mu.Unlock()
 		if !ready {
 			http.Error(w, "not ready: lease, device, route or subnet file not in place yet", http.StatusServiceUnavailable)
+			return
+		}
+		if !since.IsZero() {
+			http.Error(w, fmt.Sprintf("not ready: lease renewal failing since %s (lease expires %s): %s",
+				since.Format(time.RFC3339), exp.Format(time.RFC3339), renewErr), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")

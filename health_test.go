@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -49,5 +51,34 @@ func TestHealthEndpoints(t *testing.T) {
 	if !s.Ready || s.Lease == nil || s.Lease.Subnet.String() != "198.19.7.0/24" || s.Lease.PublicIP.String() != "198.18.0.2" ||
 		!s.Lease.Expiration.Equal(exp) || s.Lease.Reserved || len(s.Peers) != 1 || s.Peers[0].PublicIP.String() != "198.18.0.3" {
 		t.Errorf("/status = %s", rec.Body)
+	}
+}
+
+// A renewal in trouble shows on /readyz and /status at the first failed
+// attempt, hours before the lease could expire, and clears on success.
+func TestHealthRenewalFailing(t *testing.T) {
+	h := newHealth()
+	srv := h.handler()
+	l := subnet.Lease{Subnet: netip.MustParsePrefix("198.19.7.0/24"), Expiration: time.Now().Add(time.Hour), ID: 7}
+	h.setLease(l)
+	h.setReady()
+	now := time.Now()
+	h.renewFailed(errors.New("etcd at [http://198.18.0.1:2379] unreachable: context deadline exceeded"), now)
+	h.renewFailed(errors.New("still down"), now.Add(time.Minute))
+	rec := get(t, srv, "/readyz")
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "renewal failing") ||
+		!strings.Contains(rec.Body.String(), "still down") {
+		t.Errorf("/readyz while renewals fail = %d %q", rec.Code, rec.Body)
+	}
+	var s Status
+	if err := json.Unmarshal(get(t, srv, "/status").Body.Bytes(), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Ready || s.Renewal == nil || !s.Renewal.FailingSince.Equal(now) || s.Renewal.LastError != "still down" {
+		t.Errorf("/status while renewals fail: %+v", s)
+	}
+	h.renewed(l)
+	if rec := get(t, srv, "/readyz"); rec.Code != http.StatusOK {
+		t.Errorf("/readyz after a successful renewal = %d", rec.Code)
 	}
 }

@@ -11,18 +11,23 @@ import (
 const (
 	renewBackoffMin = time.Second
 	renewBackoffMax = time.Minute
+	// renewTimeout bounds one attempt, so an unreachable store shows up as
+	// failing renewals rather than one call hanging until it returns.
+	renewTimeout = 10 * time.Second
 )
 
 // KeepAlive keeps l alive until ctx is done, then returns nil. It renews
 // the lease in place at Expiration − margin (at once if that is past) and
-// hands every renewed lease to renewed (which may be nil). A reservation
-// has no TTL and is left alone.
+// hands every renewed lease to renewed, and every failed attempt's error to
+// failed (either may be nil), so the daemon can show a renewal in trouble
+// long before the lease could expire. A reservation has no TTL and is left
+// alone.
 //
 // Transient errors are retried every 1 s, doubling up to 1 min, and logged
 // on the first failure and on recovery only. If the lease is gone (expired,
 // deleted by an operator) KeepAlive returns an error wrapping
 // ErrLeaseNotFound: the node no longer owns its subnet.
-func KeepAlive(ctx context.Context, s Store, c Clock, log *slog.Logger, l Lease, margin time.Duration, renewed func(Lease)) error {
+func KeepAlive(ctx context.Context, s Store, c Clock, log *slog.Logger, l Lease, margin time.Duration, renewed func(Lease), failed func(error)) error {
 	if c == nil {
 		c = RealClock{}
 	}
@@ -59,7 +64,9 @@ func KeepAlive(ctx context.Context, s Store, c Clock, log *slog.Logger, l Lease,
 			return nil
 		}
 
-		r, err := s.RenewLease(ctx, l)
+		rctx, cancel := context.WithTimeout(ctx, renewTimeout)
+		r, err := s.RenewLease(rctx, l)
+		cancel()
 		if err == nil {
 			if backoff > 0 {
 				log.Info("lease renewal recovered", "subnet", r.Subnet, "expires", r.Expiration)
@@ -79,6 +86,9 @@ func KeepAlive(ctx context.Context, s Store, c Clock, log *slog.Logger, l Lease,
 			return fmt.Errorf("renew lease %s: %w", l.Subnet, err)
 		}
 		justRenewed = false
+		if failed != nil {
+			failed(err)
+		}
 		if backoff == 0 {
 			log.Warn("lease renewal failing, retrying", "subnet", l.Subnet, "expires", l.Expiration, "err", err)
 			backoff = renewBackoffMin

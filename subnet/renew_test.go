@@ -13,6 +13,7 @@ import (
 
 type keepAlive struct {
 	renewed chan subnet.Lease
+	failed  chan error
 	done    chan error
 	cancel  context.CancelFunc
 }
@@ -21,9 +22,16 @@ func startKeepAlive(t *testing.T, s subnet.Store, clk subnet.Clock, l subnet.Lea
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log, logs := newLogger()
-	k := &keepAlive{renewed: make(chan subnet.Lease, 16), done: make(chan error, 1), cancel: cancel}
+	k := &keepAlive{renewed: make(chan subnet.Lease, 16), failed: make(chan error, 64), done: make(chan error, 1), cancel: cancel}
 	go func() {
-		k.done <- subnet.KeepAlive(ctx, s, clk, log, l, margin, func(l subnet.Lease) { k.renewed <- l })
+		k.done <- subnet.KeepAlive(ctx, s, clk, log, l, margin,
+			func(l subnet.Lease) { k.renewed <- l },
+			func(err error) {
+				select {
+				case k.failed <- err:
+				default: // long outages report more failures than tests count
+				}
+			})
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -168,6 +176,10 @@ func TestKeepAliveRetriesTransientErrors(t *testing.T) {
 	}
 	if n := s.Calls(subnettest.OpRenew); n != len(want)+1 {
 		t.Errorf("%d renewal attempts, want %d", n, len(want)+1)
+	}
+	// Every failed attempt was reported, not only logged once.
+	if n := len(k.failed); n != len(want) {
+		t.Errorf("failed called %d times, want %d", n, len(want))
 	}
 	if f, r := logs.count("lease renewal failing"), logs.count("lease renewal recovered"); f != 1 || r != 1 {
 		t.Errorf("%d failure and %d recovery log lines, want 1 each:\n%s", f, r, logs)

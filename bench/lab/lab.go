@@ -136,6 +136,9 @@ type Lab struct {
 	etcd   *etcdServer
 	client *clientv3.Client
 
+	procMu sync.Mutex
+	procs  map[*Proc]struct{} // spawned and not yet reaped
+
 	closeOnce sync.Once
 	closeErr  error
 	closed    atomic.Bool
@@ -514,6 +517,9 @@ func (l *Lab) close() error {
 	l.closed.Store(true)
 	var errs []error
 
+	l.procMu.Lock() // orders against a Spawn that checked closed
+	l.procMu.Unlock()
+	l.stopProcs()
 	var wg sync.WaitGroup
 	for _, n := range l.nodes {
 		wg.Go(func() {

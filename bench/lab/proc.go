@@ -55,13 +55,19 @@ func (l *Lab) Spawn(i int, name string, argv, env []string) (*Proc, error) {
 	cmd.Env = append(cleanEnv(os.Environ()), env...)
 	p := &Proc{Name: name, Node: i, LogFile: logFile, l: l, cmd: cmd, done: make(chan struct{})}
 
-	// Registered before the start so that a concurrent Close either sees
-	// it or makes the start fail.
+	// Started and registered under procMu, so that Close (which sets
+	// closed, then takes procMu) either sees the process or makes Spawn
+	// fail.
 	l.procMu.Lock()
 	if l.closed.Load() {
 		l.procMu.Unlock()
 		f.Close()
 		return nil, errors.New("lab: closed")
+	}
+	if err := l.spawner.start(cmd); err != nil {
+		l.procMu.Unlock()
+		f.Close()
+		return nil, fmt.Errorf("lab: spawn %s on %s: %w", name, n.Name, err)
 	}
 	if l.procs == nil {
 		l.procs = map[*Proc]struct{}{}
@@ -69,11 +75,6 @@ func (l *Lab) Spawn(i int, name string, argv, env []string) (*Proc, error) {
 	l.procs[p] = struct{}{}
 	l.procMu.Unlock()
 
-	if err := l.spawner.start(cmd); err != nil {
-		f.Close()
-		l.forget(p)
-		return nil, fmt.Errorf("lab: spawn %s on %s: %w", name, n.Name, err)
-	}
 	go func() {
 		p.waitErr = cmd.Wait()
 		p.state = cmd.ProcessState

@@ -15,8 +15,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/vishvananda/netlink"
 )
 
 // ErrNotRunning: the node has no daemon running.
@@ -333,43 +331,8 @@ func (l *Lab) setupPod(n *node) error {
 	if err != nil || !pod.Addr().Is4() {
 		return fmt.Errorf("lab: %s: FLANNEL_SUBNET=%q is not an IPv4 prefix", n.SubnetFile, env["FLANNEL_SUBNET"])
 	}
-	h := n.handle
-	link, err := h.LinkByName(PodLink)
-	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if !errors.As(err, &nf) {
-			return fmt.Errorf("lab: find %s in %s: %w", PodLink, n.NS, err)
-		}
-		// A bridge without ports, as cni0 is before the first pod (and
-		// some kernels lack the dummy driver).
-		link = &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: PodLink}}
-		if err := h.LinkAdd(link); err != nil {
-			return fmt.Errorf("lab: create %s in %s: %w", PodLink, n.NS, err)
-		}
-	}
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
-	if err != nil {
-		return fmt.Errorf("lab: list addresses of %s in %s: %w", PodLink, n.NS, err)
-	}
-	have := false
-	for _, a := range addrs {
-		ones, _ := a.Mask.Size()
-		ip, _ := netip.AddrFromSlice(a.IP)
-		if netip.PrefixFrom(ip.Unmap(), ones) == pod {
-			have = true
-			continue
-		}
-		if err := h.AddrDel(link, &a); err != nil { // a stale subnet from an earlier lease
-			return fmt.Errorf("lab: remove %s from %s in %s: %w", a.IPNet, PodLink, n.NS, err)
-		}
-	}
-	if !have {
-		if err := h.AddrAdd(link, &netlink.Addr{IPNet: ipNet(pod)}); err != nil {
-			return fmt.Errorf("lab: add %s to %s in %s: %w", pod, PodLink, n.NS, err)
-		}
-	}
-	if err := h.LinkSetUp(link); err != nil {
-		return fmt.Errorf("lab: set %s up in %s: %w", PodLink, n.NS, err)
+	if _, err := l.addrOnBridge(n, PodLink, pod); err != nil {
+		return err
 	}
 	n.mu.Lock()
 	n.pod = pod

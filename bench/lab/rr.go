@@ -1,0 +1,140 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// RRResult is one request/response run over a single TCP connection.
+type RRResult struct {
+	From, To     netip.AddrPort
+	Size         int   // bytes in each request and each response
+	Transactions int64 // completed request/response pairs in Duration
+	Duration     time.Duration
+}
+
+// Rate is transactions per second.
+func (r RRResult) Rate() float64 {
+	if r.Duration <= 0 {
+		return 0
+	}
+	return float64(r.Transactions) / r.Duration.Seconds()
+}
+
+// rrWarmup is run, not counted, so that the first transactions' ARP and
+// route lookups and the Go scheduler's wake-up costs stay out of the rate.
+const rrWarmup = 100 * time.Millisecond
+
+// RequestResponse connects from src on node from to a listener on dst on
+// node to, and for d sends size bytes and waits for size bytes back, one
+// transaction at a time, as netperf's TCP_RR does. Transactions per second
+// is the latency of the whole path, stack included, under load.
+func (l *Lab) RequestResponse(ctx context.Context, from int, src netip.Addr, to int, dst netip.Addr, size int, d time.Duration) (RRResult, error) {
+	nf, err := l.node(from)
+	if err != nil {
+		return RRResult{}, err
+	}
+	nt, err := l.node(to)
+	if err != nil {
+		return RRResult{}, err
+	}
+	if size < 1 || size > 1<<20 || d <= 0 {
+		return RRResult{}, fmt.Errorf("lab: request/response of %d bytes for %v", size, d)
+	}
+	what := fmt.Sprintf("request/response %s %s -> %s %s", nf.Name, src, nt.Name, dst)
+
+	var ln *net.TCPListener
+	if err := inNetns(nt.ns, func() (err error) {
+		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(dst, 0)))
+		return err
+	}); err != nil {
+		return RRResult{}, fmt.Errorf("lab: %s: listen in %s: %w", what, nt.NS, err)
+	}
+	res := RRResult{To: ln.Addr().(*net.TCPAddr).AddrPort(), Size: size}
+	var cl closers
+	defer cl.closeAll()
+	cl.add(ln)
+	stop := context.AfterFunc(ctx, cl.closeAll)
+	defer stop()
+
+	var conn *net.TCPConn
+	if err := inNetns(nf.ns, func() error {
+		dl := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+		c, err := dl.DialContext(ctx, "tcp4", res.To.String())
+		if err != nil {
+			return err
+		}
+		conn = c.(*net.TCPConn)
+		return nil
+	}); err != nil {
+		return res, fmt.Errorf("lab: %s: connect from %s: %w", what, nf.NS, err)
+	}
+	cl.add(conn)
+	res.From = conn.LocalAddr().(*net.TCPAddr).AddrPort()
+	pc, err := ln.AcceptTCP()
+	if err != nil {
+		return res, fmt.Errorf("lab: %s: accept: %w", what, errors.Join(ctx.Err(), err))
+	}
+	cl.add(pc)
+	// Both ends default to TCP_NODELAY in Go, so each write is a segment.
+
+	echo := make(chan error, 1)
+	go func() {
+		buf := make([]byte, size)
+		for {
+			if _, err := io.ReadFull(pc, buf); err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil // the client's CloseWrite: done
+				}
+				echo <- err
+				return
+			}
+			if _, err := pc.Write(buf); err != nil {
+				echo <- err
+				return
+			}
+		}
+	}()
+
+	req, resp := make([]byte, size), make([]byte, size)
+	one := func() error {
+		if _, err := conn.Write(req); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(conn, resp)
+		return err
+	}
+	var rerr error
+	for warm := time.Now().Add(rrWarmup); time.Now().Before(warm) && rerr == nil; {
+		rerr = one()
+	}
+	start := time.Now()
+	end := start.Add(d)
+	var count int64
+	for rerr == nil {
+		if rerr = one(); rerr == nil {
+			count++
+			// time.Now is a vDSO call: cheap next to a round trip.
+			if count&15 == 0 && !time.Now().Before(end) {
+				break
+			}
+		}
+	}
+	res.Duration = time.Since(start)
+	res.Transactions = count
+	if rerr == nil {
+		rerr = conn.CloseWrite()
+	}
+	if rerr == nil {
+		rerr = <-echo
+	}
+	if rerr != nil {
+		return res, fmt.Errorf("lab: %s: after %d transactions: %w", what, count, errors.Join(ctx.Err(), rerr))
+	}
+	return res, nil
+}
