@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path"
 	"strings"
@@ -43,6 +45,8 @@ const (
 	cleanupTimeout = 5 * time.Second
 	// ttlLookups bounds the concurrent TimeToLive calls of one list.
 	ttlLookups = 8
+	// probeTimeout bounds the TLS diagnosis made after a timeout.
+	probeTimeout = 2 * time.Second
 )
 
 // Config says how to reach etcd. The fields mirror flanneld's -etcd-* flags.
@@ -67,6 +71,8 @@ type Config struct {
 type Store struct {
 	cli       *clientv3.Client
 	log       *slog.Logger
+	tls       *tls.Config // nil for plain HTTP
+	eps       []string
 	endpoints string // for error messages: "[http://a:2379,http://b:2379]"
 	configKey string // <prefix>/config
 	leasesDir string // <prefix>/subnets/ (trailing slash)
@@ -124,6 +130,8 @@ func New(c Config) (*Store, error) {
 	return &Store{
 		cli:       cli,
 		log:       log,
+		tls:       tlsCfg,
+		eps:       c.Endpoints,
 		endpoints: eps,
 		configKey: path.Join(prefix, "config"),
 		leasesDir: path.Join(prefix, "subnets") + "/",
@@ -523,9 +531,55 @@ func (s *Store) revokeIfUnused(ctx context.Context, id clientv3.LeaseID, key str
 
 // callErr makes a timeout against an unreachable etcd say so: with its
 // default wait-for-ready, clientv3 reports only the context's deadline.
+// With TLS, a handshake that fails (wrong CA, refused client certificate)
+// looks the same, so it probes the endpoints to name the real cause.
 func (s *Store) callErr(err error) error {
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("etcd at %s unreachable: %w", s.endpoints, err)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return err
 	}
-	return err
+	if terr := s.probeTLS(); terr != nil {
+		return fmt.Errorf("%w (check -etcd-cafile, -etcd-certfile and -etcd-keyfile): %w", terr, err)
+	}
+	return fmt.Errorf("etcd at %s unreachable: %w", s.endpoints, err)
+}
+
+// probeTLS handshakes with each https endpoint as the client would and
+// returns the first TLS failure, or nil when TLS is not the problem
+// (including when the endpoint cannot be reached at all).
+func (s *Store) probeTLS() error {
+	for _, ep := range s.eps {
+		u, err := url.Parse(ep)
+		if err != nil || u.Scheme != "https" {
+			continue
+		}
+		cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+		if s.tls != nil {
+			cfg = s.tls.Clone()
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		raw, err := net.DialTimeout("tcp", u.Host, probeTimeout)
+		if err != nil {
+			continue // unreachable, not a TLS problem
+		}
+		conn := tls.Client(raw, cfg)
+		conn.SetDeadline(time.Now().Add(probeTimeout))
+		err = conn.Handshake()
+		if err == nil {
+			// With TLS 1.3 the server judges our certificate after the
+			// handshake: its verdict arrives as an alert on the first read.
+			conn.SetReadDeadline(time.Now().Add(probeTimeout / 4))
+			_, err = conn.Read(make([]byte, 1))
+			var ne net.Error
+			if err == nil || errors.As(err, &ne) && ne.Timeout() {
+				err = nil
+			}
+		}
+		conn.Close()
+		if err != nil {
+			return fmt.Errorf("etcd at %s: TLS failure: %v", ep, err)
+		}
+	}
+	return nil
 }

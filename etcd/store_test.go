@@ -838,8 +838,30 @@ func TestTLS(t *testing.T) {
 	defer noCert.Close()
 	cctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if _, err := noCert.GetNetworkConfig(cctx); err == nil {
+	_, err = noCert.GetNetworkConfig(cctx)
+	if err == nil {
 		t.Error("GetNetworkConfig without a client certificate succeeded")
+	} else if !strings.Contains(err.Error(), "TLS failure") || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("a refused client certificate reads as %q; want a TLS failure naming the certificate", err)
+	}
+
+	// A CA that did not sign the server's certificate: a TLS failure, not
+	// "context deadline exceeded".
+	other, err := etcdtest.WriteTLSFiles(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrongCA, err := New(Config{Endpoints: []string{ep}, CertFile: files.ClientCert, KeyFile: files.ClientKey, CAFile: other.CA})
+	if err != nil {
+		t.Fatalf("New with the wrong CA: %v", err)
+	}
+	defer wrongCA.Close()
+	cctx2, cancel2 := context.WithTimeout(ctx, time.Second)
+	defer cancel2()
+	_, err = wrongCA.GetNetworkConfig(cctx2)
+	if err == nil || !strings.Contains(err.Error(), "TLS failure") || !strings.Contains(err.Error(), "x509") ||
+		!strings.Contains(err.Error(), "-etcd-cafile") {
+		t.Errorf("wrong CA reads as %v; want a TLS failure with the x509 cause and the flags to check", err)
 	}
 }
 
