@@ -10,6 +10,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/connectivity"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -176,6 +177,21 @@ func tlsConfig(c Config, log *slog.Logger) (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	return cfg, nil
+}
+
+// Connected reports whether the client's connection to etcd is up, from
+// gRPC's own connection state: no request is made, so the daemon can ask
+// every few seconds at any cluster size.
+func (s *Store) Connected() bool {
+	conn := s.cli.ActiveConnection()
+	if conn == nil {
+		return false
+	}
+	switch conn.GetState() {
+	case connectivity.Ready, connectivity.Idle:
+		return true
+	}
+	return false
 }
 
 // Close releases the client. Calls in flight fail.

@@ -765,6 +765,9 @@ func TestEtcdDown(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	if s.Connected() || down.Connected() {
+		t.Error("Connected() with etcd down")
+	}
 	cctx, cancel := context.WithTimeout(ctx, time.Second)
 	err = down.WatchLeases(cctx, rev, func([]subnet.Event, int64) {})
 	cancel()
@@ -786,6 +789,9 @@ func TestEtcdDown(t *testing.T) {
 	leases, _, err := s.ListLeases(ctx)
 	if err != nil {
 		t.Fatalf("ListLeases after restart: %v", err)
+	}
+	if !s.Connected() {
+		t.Error("not Connected() after a successful call")
 	}
 	if len(leases) != 1 || leases[0].ID != l.ID {
 		t.Errorf("after restart listed %+v, want lease %x", leases, l.ID)

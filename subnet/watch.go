@@ -31,6 +31,9 @@ type WatchOptions struct {
 	// not called for batches without events. The set includes this node's
 	// own lease: filtering it out is the caller's business.
 	OnChange func(current map[netip.Prefix]Lease, events []Event)
+	// OnRestart, if set, is called each time a watch attempt ends and a
+	// new one is made: reason is "compacted" (re-listed) or "broken".
+	OnRestart func(reason string)
 }
 
 // Watch follows lease changes until ctx is done, then returns nil.
@@ -94,6 +97,13 @@ func (w *watcher) run(ctx context.Context) error {
 			backoff, relisted = 0, false
 		}
 
+		if w.o.OnRestart != nil {
+			reason := "broken"
+			if errors.Is(err, ErrCompacted) {
+				reason = "compacted"
+			}
+			w.o.OnRestart(reason)
+		}
 		if errors.Is(err, ErrCompacted) {
 			// A normal compaction costs one re-list and no wait. If the
 			// store reports compaction again right after a re-list, the

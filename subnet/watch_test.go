@@ -20,10 +20,11 @@ type change struct {
 }
 
 type watchRun struct {
-	changes chan change
-	done    chan error
-	cancel  context.CancelFunc
-	logs    *logBuffer
+	changes  chan change
+	restarts chan string
+	done     chan error
+	cancel   context.CancelFunc
+	logs     *logBuffer
 }
 
 // startWatch lists s and watches from there, as the daemon does.
@@ -35,11 +36,12 @@ func startWatch(t *testing.T, s subnet.Store, clk subnet.Clock) *watchRun {
 		t.Fatal(err)
 	}
 	log, logs := newLogger()
-	w := &watchRun{changes: make(chan change, 100), done: make(chan error, 1), cancel: cancel, logs: logs}
+	w := &watchRun{changes: make(chan change, 100), restarts: make(chan string, 100), done: make(chan error, 1), cancel: cancel, logs: logs}
 	go func() {
 		w.done <- subnet.Watch(ctx, subnet.WatchOptions{
 			Store: s, Clock: clk, Logger: log, Initial: leases, Rev: rev,
-			OnChange: func(cur map[netip.Prefix]subnet.Lease, ev []subnet.Event) { w.changes <- change{cur, ev} },
+			OnChange:  func(cur map[netip.Prefix]subnet.Lease, ev []subnet.Event) { w.changes <- change{cur, ev} },
+			OnRestart: func(reason string) { w.restarts <- reason },
 		})
 	}()
 	t.Cleanup(func() {
@@ -197,6 +199,21 @@ func TestWatchResumesAfterBreak(t *testing.T) {
 	if b, r := w.logs.count("lease watch broken"), w.logs.count("lease watch resumed"); b != 1 || r != 1 {
 		t.Errorf("%d broken and %d resumed log lines, want 1 each:\n%s", b, r, w.logs)
 	}
+	if got := drain(w.restarts); got != "broken" {
+		t.Errorf("restarts reported: %q, want one broken", got)
+	}
+}
+
+func drain(c chan string) string {
+	var out []string
+	for {
+		select {
+		case s := <-c:
+			out = append(out, s)
+		default:
+			return strings.Join(out, " ")
+		}
+	}
 }
 
 func TestWatchBackoff(t *testing.T) {
@@ -266,6 +283,9 @@ func TestWatchCompactionRelists(t *testing.T) {
 	if n := w.logs.count("re-listed leases"); n != 1 {
 		t.Errorf("%d re-list log lines, want 1", n)
 	}
+	if got := drain(w.restarts); got != "broken compacted" {
+		t.Errorf("restarts reported: %q, want broken then compacted", got)
+	}
 }
 
 // compactingStore reports every watch as compacted.
@@ -323,6 +343,10 @@ func TestWatchRelistFailure(t *testing.T) {
 	sameSet(t, c.current, s)
 	if b, r := w.logs.count("lease watch broken"), w.logs.count("lease watch resumed"); b != 1 || r != 1 {
 		t.Errorf("%d broken and %d resumed log lines, want 1 each:\n%s", b, r, w.logs)
+	}
+	// Broken, then compacted with the re-list failing, then compacted again.
+	if got := drain(w.restarts); got != "broken compacted compacted" {
+		t.Errorf("restarts reported: %q", got)
 	}
 }
 

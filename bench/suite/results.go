@@ -66,15 +66,15 @@ type Link struct {
 
 // Settings are the knobs of the run.
 type Settings struct {
-	Seconds       int     `json:"seconds"`
-	Rounds        int     `json:"rounds"`
-	Omit          int     `json:"omitSeconds"`
-	Pings         int     `json:"pings"`
-	PingInterval  string  `json:"pingInterval"`
-	UnderlayMTU   int     `json:"underlayMTU"`
-	IdleThreshold float64 `json:"idleThresholdPct"`
+	Seconds       int      `json:"seconds"`
+	Rounds        int      `json:"rounds"`
+	Omit          int      `json:"omitSeconds"`
+	Pings         int      `json:"pings"`
+	PingInterval  string   `json:"pingInterval"`
+	UnderlayMTU   int      `json:"underlayMTU"`
+	IdleThreshold float64  `json:"idleThresholdPct"`
 	Tests         []string `json:"tests"`
-	Order         string  `json:"order"`
+	Order         string   `json:"order"`
 }
 
 // Path is one way from node 0 to node 1.
