@@ -23,6 +23,14 @@ demo: build
 	@[ "$$(id -u)" = 0 ] || { echo "demo needs root (network namespaces): sudo make demo"; exit 1; }
 	./bin/weftlab demo -weft ./bin/weft
 
+# Benchmark against kernel VXLAN, host-gw and bare veth; writes bench/results/.
+# BENCH_SECONDS (per test) and BENCH_ROUNDS shorten or lengthen it.
+bench: build
+	@command -v iperf3 >/dev/null || { echo "bench needs iperf3: apt-get install -y iperf3"; exit 1; }
+	@command -v ping >/dev/null || { echo "bench needs ping: apt-get install -y iputils-ping"; exit 1; }
+	@[ "$$(id -u)" = 0 ] || { echo "bench needs root (network namespaces): sudo make bench"; exit 1; }
+	./bin/weftlab bench -weft ./bin/weft -seconds $${BENCH_SECONDS:-10} -rounds $${BENCH_ROUNDS:-3} -out bench/results
+
 test: check unit fuzz
 
 # Formatting and vet: cheap, first.

@@ -48,9 +48,11 @@ type options struct {
 	printVersion      bool
 
 	// weft's own additions.
-	tunName     string
-	mtu         int
-	sourceCheck string
+	tunName      string
+	mtu          int
+	sourceCheck  string
+	statusSocket string
+	logFormat    string
 }
 
 func (o *options) etcdFlags(fs *pflag.FlagSet) {
@@ -79,6 +81,8 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.printVersion, "version", false, "print the version and exit")
 	fs.StringVar(&o.tunName, "tun-name", "udp0", "name of the TUN device")
 	fs.IntVar(&o.mtu, "mtu", 0, "TUN MTU (0: the interface's MTU minus 28)")
+	fs.StringVar(&o.statusSocket, "status-socket", defaultStatusSocket, "unix socket the weft status command asks (empty: none)")
+	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.sourceCheck, "source-check", "strict", "which datagrams to accept: strict (from the PublicIP of the lease holding the inner source), nat (inner source in any lease, for peers behind NAT), off (any, as flanneld)")
 }
 
@@ -131,23 +135,27 @@ or from FLANNELD_<NAME> environment variables (the command line wins).`,
 			fmt.Fprintln(stdout, versionString())
 		},
 	})
-	root.AddCommand(newConfigCommand(o, stdout))
+	root.AddCommand(newConfigCommand(o, stdout), newStatusCommand(stdout), newLeasesCommand(o, stdout),
+		newLeaseCommand(o, stdout))
 	return root
 }
 
 func versionString() string {
-	c := commit
-	if c == "" {
-		c = "unknown"
-		if bi, ok := debug.ReadBuildInfo(); ok {
-			for _, s := range bi.Settings {
-				if s.Key == "vcs.revision" {
-					c = s.Value
-				}
+	return fmt.Sprintf("weft %s (commit %s, %s %s/%s)", version, commitString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func commitString() string {
+	if commit != "" {
+		return commit
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
 			}
 		}
 	}
-	return fmt.Sprintf("weft %s (commit %s, %s %s/%s)", version, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return "unknown"
 }
 
 // normalizeArgs turns flanneld-style single-dash long flags (-etcd-prefix=x)

@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,14 +29,6 @@ import (
 // routeResync is how often the device, address and route are re-checked,
 // so an operator's `ip route del` heals by itself.
 const routeResync = 10 * time.Second
-
-func newLogger(w io.Writer, verbosity int) *slog.Logger {
-	level := slog.LevelInfo
-	if verbosity > 0 {
-		level = slog.LevelDebug
-	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-}
 
 func (o *options) etcdConfig(log *slog.Logger) etcd.Config {
 	var eps []string
@@ -63,7 +56,10 @@ func (o *options) etcdConfig(log *slog.Logger) etcd.Config {
 // until ctx ends (clean exit) or something fatal happens (error, exit 1 so
 // systemd restarts us).
 func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
-	log := newLogger(stderr, o.verbosity)
+	log, err := newLogger(stderr, o.logFormat, o.verbosity)
+	if err != nil {
+		return err
+	}
 	margin, err := o.renewMargin()
 	if err != nil {
 		return err
@@ -144,6 +140,7 @@ type node struct {
 func (d *node) run(ctx context.Context) error {
 	o := d.opts
 	d.health = newHealth()
+	d.health.setStatic(o.etcdEndpoints, d.sourceCheck.String())
 	if o.healthzPort != 0 {
 		stop, err := d.health.serve(o.healthzIP, o.healthzPort, d.log)
 		if err != nil {
@@ -151,6 +148,17 @@ func (d *node) run(ctx context.Context) error {
 		}
 		defer stop()
 	}
+	if o.statusSocket != "" {
+		stop, err := d.health.serveSocket(o.statusSocket, d.log)
+		if err != nil {
+			d.log.Warn("no status socket: `weft status` will not reach this daemon", "socket", o.statusSocket, "err", err)
+		} else {
+			defer stop()
+		}
+	}
+	// Always STOPPING=1 on the way out, whatever the cause.
+	defer notify(d.log, "STOPPING=1\nSTATUS=stopping")
+	notify(d.log, "STATUS=reading the network config from "+o.etcdPrefix+"/config")
 
 	cfg, err := d.waitConfig(ctx)
 	if err != nil {
@@ -243,7 +251,32 @@ func (d *node) run(ctx context.Context) error {
 			}
 		}()
 	}
-	spawn("data path", d.fwd.Run)
+	var dataPathUp atomic.Bool
+	dataPathUp.Store(true)
+	spawn("data path", func(ctx context.Context) error {
+		defer dataPathUp.Store(false)
+		return d.fwd.Run(ctx)
+	})
+	spawn("etcd monitor", func(ctx context.Context) error {
+		d.monitorEtcd(ctx, lease.Subnet)
+		return nil
+	})
+	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
+		// WATCHDOG=1 only while the data path runs: a wedged forwarder
+		// stops the pings and systemd restarts us.
+		spawn("watchdog", func(ctx context.Context) error {
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(interval / 2):
+				}
+				if dataPathUp.Load() {
+					notify(d.log, daemon.SdNotifyWatchdog)
+				}
+			}
+		})
+	}
 	spawn("watch", func(ctx context.Context) error { return d.watch(ctx, lease.Subnet, leases, rev, cancel) })
 	spawn("lease renewal", func(ctx context.Context) error {
 		return subnet.KeepAlive(ctx, d.store, subnet.RealClock{}, d.log, lease, d.margin,
@@ -293,9 +326,7 @@ func (d *node) run(ctx context.Context) error {
 	} else {
 		d.health.setReady()
 		d.log.Info("ready", "subnet", lease.Subnet, "device", o.tunName, "mtu", mtu, "subnet-file", o.subnetFile, "peers", len(leases)-1)
-		if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
-			d.log.Warn("sd_notify READY=1", "err", err)
-		}
+		notify(d.log, daemon.SdNotifyReady+"\n"+d.statusLine(lease.Subnet))
 	}
 
 	<-ctx.Done()
@@ -336,8 +367,10 @@ func (d *node) waitConfig(ctx context.Context) (*subnet.Config, error) {
 			if errors.Is(err, subnet.ErrNoConfig) {
 				d.log.Warn("network config missing; retrying every second", "key", d.opts.etcdPrefix+"/config",
 					"fix", configPutHint(d.opts))
+				notify(d.log, "STATUS=waiting for the network config: create it with "+configPutHint(d.opts))
 			} else {
 				d.log.Warn("cannot read network config from etcd; retrying every second", "err", err)
+				notify(d.log, "STATUS=waiting for etcd: "+err.Error())
 			}
 		}
 		select {
@@ -434,11 +467,12 @@ func (d *node) publishPeers(own netip.Prefix, leases []subnet.Lease) {
 
 func (d *node) watch(ctx context.Context, own netip.Prefix, initial []subnet.Lease, rev int64, fail context.CancelCauseFunc) error {
 	return subnet.Watch(ctx, subnet.WatchOptions{
-		Store:   d.store,
-		Clock:   subnet.RealClock{},
-		Logger:  d.log,
-		Initial: initial,
-		Rev:     rev,
+		Store:     d.store,
+		Clock:     subnet.RealClock{},
+		Logger:    d.log,
+		Initial:   initial,
+		Rev:       rev,
+		OnRestart: d.health.watchRestarted,
 		OnChange: func(current map[netip.Prefix]subnet.Lease, events []subnet.Event) {
 			for _, ev := range events {
 				if ev.Lease.Subnet == own && ev.Type == subnet.EventRemoved {
@@ -482,5 +516,45 @@ func (r *retry) wait(ctx context.Context, log *slog.Logger, what string, err err
 		return ctx.Err()
 	case <-time.After(r.delay):
 		return nil
+	}
+}
+
+// monitorEtcd follows the etcd connection (gRPC's state, no requests) and
+// logs and reports each change once: while etcd is away the data path
+// forwards with the last peer table.
+func (d *node) monitorEtcd(ctx context.Context, own netip.Prefix) {
+	for {
+		up := d.store.Connected()
+		if d.health.setEtcdUp(up) {
+			if up {
+				d.log.Info("etcd connection up", "endpoints", d.opts.etcdEndpoints)
+			} else {
+				d.log.Warn("etcd connection lost; forwarding with the last peer table until it returns", "endpoints", d.opts.etcdEndpoints)
+			}
+			notify(d.log, d.statusLine(own))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// statusLine is systemd's one-line STATUS= for `systemctl status weft`.
+func (d *node) statusLine(own netip.Prefix) string {
+	s := d.health.status()
+	etcd := "etcd up"
+	if !s.Etcd.Up {
+		etcd = "etcd unreachable, forwarding with the last peer table"
+	}
+	return fmt.Sprintf("STATUS=%s on %s, %d peers, %s", own, d.opts.tunName, len(s.Peers), etcd)
+}
+
+// notify sends state to systemd when run as a Type=notify unit; outside
+// systemd ($NOTIFY_SOCKET unset) it does nothing.
+func notify(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Debug("sd_notify", "state", state, "err", err)
 	}
 }

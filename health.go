@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -23,6 +26,15 @@ type health struct {
 	mu    sync.Mutex
 	ready bool
 	lease subnet.Lease
+	// static facts, set once at start
+	version     string
+	endpoints   string
+	sourceCheck string
+	// control-plane state for /status and /metrics
+	etcdUp        bool
+	renewOK       uint64
+	renewFail     uint64
+	watchRestarts map[string]uint64
 	// renewal trouble: since when renewals fail, and the last error.
 	renewFailingSince time.Time
 	renewErr          string
@@ -32,7 +44,30 @@ type health struct {
 	mtu               int
 }
 
-func newHealth() *health { return &health{} }
+func newHealth() *health {
+	return &health{version: versionString(), watchRestarts: map[string]uint64{"broken": 0, "compacted": 0}}
+}
+
+func (h *health) setStatic(endpoints, sourceCheck string) {
+	h.mu.Lock()
+	h.endpoints, h.sourceCheck = endpoints, sourceCheck
+	h.mu.Unlock()
+}
+
+// setEtcdUp records the etcd connection state and reports whether it changed.
+func (h *health) setEtcdUp(up bool) (changed bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	changed = h.etcdUp != up
+	h.etcdUp = up
+	return changed
+}
+
+func (h *health) watchRestarted(reason string) {
+	h.mu.Lock()
+	h.watchRestarts[reason]++
+	h.mu.Unlock()
+}
 
 func (h *health) setLease(l subnet.Lease) { h.mu.Lock(); h.lease = l; h.mu.Unlock() }
 
@@ -40,6 +75,7 @@ func (h *health) setLease(l subnet.Lease) { h.mu.Lock(); h.lease = l; h.mu.Unloc
 func (h *health) renewed(l subnet.Lease) {
 	h.mu.Lock()
 	h.lease, h.renewFailingSince, h.renewErr = l, time.Time{}, ""
+	h.renewOK++
 	h.mu.Unlock()
 }
 
@@ -51,6 +87,7 @@ func (h *health) renewFailed(err error, now time.Time) {
 		h.renewFailingSince = now
 	}
 	h.renewErr = err.Error()
+	h.renewFail++
 	h.mu.Unlock()
 }
 func (h *health) setReady() { h.mu.Lock(); h.ready = true; h.mu.Unlock() }
@@ -68,13 +105,24 @@ func (h *health) setForwarder(f *tunnel.Forwarder, device string, mtu int) {
 
 // Status is the /status document.
 type Status struct {
-	Ready    bool          `json:"ready"`
-	Lease    *StatusLease  `json:"lease,omitempty"`
-	Renewal  *StatusRenew  `json:"renewal,omitempty"`
-	Device   string        `json:"device,omitempty"`
-	MTU      int           `json:"mtu,omitempty"`
-	Peers    []StatusPeer  `json:"peers"`
-	Counters StatusCounter `json:"counters"`
+	Version     string        `json:"version"`
+	Ready       bool          `json:"ready"`
+	Lease       *StatusLease  `json:"lease,omitempty"`
+	Renewal     *StatusRenew  `json:"renewal,omitempty"`
+	Etcd        StatusEtcd    `json:"etcd"`
+	Device      string        `json:"device,omitempty"`
+	MTU         int           `json:"mtu,omitempty"`
+	SourceCheck string        `json:"sourceCheck,omitempty"`
+	Offload     bool          `json:"offload"`
+	Peers       []StatusPeer  `json:"peers"`
+	Counters    StatusCounter `json:"counters"`
+}
+
+type StatusEtcd struct {
+	Up            bool              `json:"up"`
+	Endpoints     string            `json:"endpoints"`
+	Renewals      map[string]uint64 `json:"renewals"`
+	WatchRestarts map[string]uint64 `json:"watchRestarts"`
 }
 
 type StatusLease struct {
@@ -106,7 +154,15 @@ type StatusCounter struct {
 func (h *health) status() Status {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	s := Status{Ready: h.ready && h.renewFailingSince.IsZero(), Device: h.device, MTU: h.mtu, Peers: []StatusPeer{}}
+	s := Status{
+		Version: h.version, Ready: h.ready && h.renewFailingSince.IsZero(),
+		Device: h.device, MTU: h.mtu, SourceCheck: h.sourceCheck, Peers: []StatusPeer{},
+		Etcd: StatusEtcd{
+			Up: h.etcdUp, Endpoints: h.endpoints,
+			Renewals:      map[string]uint64{"success": h.renewOK, "failure": h.renewFail},
+			WatchRestarts: maps.Clone(h.watchRestarts),
+		},
+	}
 	if !h.renewFailingSince.IsZero() {
 		s.Renewal = &StatusRenew{FailingSince: h.renewFailingSince, LastError: h.renewErr}
 	}
@@ -149,6 +205,7 @@ func (h *health) handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	mux.Handle("GET /metrics", h.metricsHandler())
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -176,5 +233,42 @@ func (h *health) serve(ip string, port int, log *slog.Logger) (func(), error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
+	}, nil
+}
+
+// defaultStatusSocket is where `weft status` finds the daemon.
+const defaultStatusSocket = "/run/weft/weft.sock"
+
+// serveSocket serves the same endpoints on a unix socket (root only, 0600),
+// so `weft status` works without a -healthz-port. A stale socket from a
+// killed run is replaced; a live one belongs to another daemon.
+func (h *health) serveSocket(path string, log *slog.Logger) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("status socket %s is in use by another running daemon (pass -status-socket)", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	}
+	srv := &http.Server{Handler: h.handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("status socket stopped", "socket", path, "err", err)
+		}
+	}()
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		os.Remove(path)
 	}, nil
 }

@@ -211,6 +211,22 @@ func (s *Store) ConfigKey() string { return s.configKey }
 // LeaseKey is the key of subnet sn's lease.
 func (s *Store) LeaseKey(sn netip.Prefix) string { return s.leasesDir + subnet.LeaseKeyName(sn) }
 
+// DeleteLease removes l's key for an operator (a decommissioned node), and
+// revokes its etcd lease so nothing is left behind. Watchers see a delete.
+func (s *Store) DeleteLease(ctx context.Context, l subnet.Lease) error {
+	key := s.LeaseKey(l.Subnet)
+	if l.ID != 0 {
+		// Revoking deletes every key attached, ours included.
+		if _, err := s.cli.Revoke(ctx, clientv3.LeaseID(l.ID)); err != nil && !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			return fmt.Errorf("release lease %s: revoke %016x: %w", key, l.ID, s.callErr(err))
+		}
+	}
+	if _, err := s.cli.Delete(ctx, key); err != nil {
+		return fmt.Errorf("release lease %s: %w", key, s.callErr(err))
+	}
+	return nil
+}
+
 // GetNetworkConfig returns the raw value of <prefix>/config.
 func (s *Store) GetNetworkConfig(ctx context.Context) ([]byte, error) {
 	resp, err := s.cli.Get(ctx, s.configKey)

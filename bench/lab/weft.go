@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -59,6 +60,8 @@ func (l *Lab) WeftArgs(i int) []string {
 		"--subnet-file=" + n.SubnetFile,
 		"--healthz-ip=0.0.0.0",
 		"--healthz-port=" + strconv.Itoa(HealthzPort),
+		// One socket per node: the namespaces share the host's /run.
+		"--status-socket=" + filepath.Join(n.Dir, "weft.sock"),
 	}
 	return append(args, l.opts.WeftArgs...)
 }

@@ -2,6 +2,7 @@
 //
 //	weftlab demo -weft PATH [-nodes 3] [-bytes 256MiB]   show a cluster working, then tear it down
 //	weftlab up -weft PATH [-nodes 3]                     keep a cluster up until Ctrl-C
+//	weftlab bench -weft PATH [-seconds 10] [-rounds 3]   benchmark weft against kernel VXLAN, host-gw, veth
 //	weftlab cleanup                                      remove what killed labs left behind
 //
 // It builds nothing: `make demo` builds weft first.
@@ -34,6 +35,11 @@ const usage = `weftlab runs weft clusters in network namespaces (needs root).
       Exits non-zero if any ping pair or the transfer fails.
   weftlab up -weft PATH [-nodes 3] [-mtu 1500] [-keep] [-v]
       start a cluster and keep it until Ctrl-C.
+  weftlab bench -weft PATH [-seconds 10] [-rounds 3] [-mtu 1500] [-out bench/results]
+                [-tests tcp1,tcp4,tcp8,udp64,ping,rr] [-path NAME=COMMAND [-path-config NAME=JSON]]... [-v]
+      measure weft, kernel VXLAN, host-gw and bare veth (and each -path) between
+      two namespaces, interleaved per round; write report.md, chart.svg and
+      results.json to -out. Needs iperf3. See bench/README.md.
   weftlab cleanup
       remove namespaces and veths left by weftlab processes that were killed.
 `
@@ -49,6 +55,8 @@ func main() {
 		code = runDemo(args, os.Stdout)
 	case "up":
 		code = runUp(args, os.Stdout)
+	case "bench":
+		code = runBench(args, os.Stdout)
 	case "cleanup":
 		code = runCleanup(os.Stdout)
 	case "-h", "-help", "--help", "help":

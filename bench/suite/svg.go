@@ -1,0 +1,177 @@
+package suite
+
+import (
+	"encoding/xml"
+	"fmt"
+	"io"
+	"math"
+	"strings"
+)
+
+// Colours per path, in path order; weft first and loudest.
+var palette = []string{"#d62728", "#1f77b4", "#2ca02c", "#7f7f7f", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"}
+
+// Chart geometry, in SVG pixels.
+const (
+	chartW     = 1000
+	marginL    = 56
+	marginR    = 16
+	panelPlotH = 230
+	panelGapH  = 96 // under a panel: two lines of metric labels and air
+	maxRatio   = 4.0
+)
+
+// WriteChart draws the summary's chart metrics as grouped bars, one bar
+// per path and metric, each the median ratio to kernel VXLAN of the same
+// round (VXLAN = 1.0). Higher-is-better and lower-is-better metrics get a
+// panel each, so that "taller" means the same thing within a panel.
+func WriteChart(w io.Writer, res *Results) error {
+	var up, down []MetricSummary
+	for _, m := range res.Summary {
+		if !m.Chart {
+			continue
+		}
+		if m.Higher {
+			up = append(up, m)
+		} else {
+			down = append(down, m)
+		}
+	}
+	t := titles(res)
+	var b strings.Builder
+	top := 84.0
+	h := top + 2*(panelPlotH+panelGapH) + 10
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%.0f" viewBox="0 0 %d %.0f" font-family="Helvetica, Arial, sans-serif">`+"\n",
+		chartW, h, chartW, h)
+	fmt.Fprintf(&b, `<rect x="0" y="0" width="%d" height="%.0f" fill="#ffffff"/>`+"\n", chartW, h)
+	text(&b, marginL, 24, 17, "start", "bold", "#000", "weft vs kernel VXLAN, host-gw and bare veth (kernel VXLAN = 1.0, median of "+
+		fmt.Sprint(res.Settings.Rounds)+" round(s))")
+	text(&b, marginL, 44, 12, "start", "normal", "#444", fmt.Sprintf("%s, %d CPUs, Linux %s, veth MTU %d; %s",
+		res.Machine.CPU, res.Machine.CPUs, res.Machine.Kernel, res.Settings.UnderlayMTU, res.Started.Format("2006-01-02")))
+	// Legend.
+	x := float64(marginL)
+	for i, p := range res.Paths {
+		fmt.Fprintf(&b, `<rect x="%.1f" y="56" width="12" height="12" fill="%s"/>`+"\n", x, color(i))
+		label := t[p.Name]
+		text(&b, x+16, 66.5, 12, "start", "normal", "#000", label)
+		x += 16 + 7.2*float64(len([]rune(label))) + 20
+	}
+	y := top
+	if err := panel(&b, res, up, y, "higher is better"); err != nil {
+		return err
+	}
+	y += panelPlotH + panelGapH
+	if err := panel(&b, res, down, y, "lower is better"); err != nil {
+		return err
+	}
+	b.WriteString("</svg>\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func color(i int) string { return palette[i%len(palette)] }
+
+// panel draws one group of metrics with its plot area's top at y.
+func panel(b *strings.Builder, res *Results, ms []MetricSummary, y float64, subtitle string) error {
+	plotW := float64(chartW - marginL - marginR)
+	text(b, marginL, y+4, 13, "start", "bold", "#000", "Ratio to kernel VXLAN, "+subtitle)
+	y += 14
+	plotH := float64(panelPlotH - 14)
+	// Scale: up to the largest ratio shown (at least 1.2), capped.
+	ymax := 1.2
+	for _, m := range ms {
+		for _, p := range m.Paths {
+			if p.Ratio != nil {
+				ymax = math.Max(ymax, p.Ratio.Median*1.12)
+			}
+		}
+	}
+	ymax = math.Min(ymax, maxRatio)
+	step := 0.25
+	switch {
+	case ymax > 2.5:
+		step = 1
+	case ymax > 1.5:
+		step = 0.5
+	}
+	ymax = math.Ceil(ymax/step) * step
+	yOf := func(v float64) float64 { return y + plotH - math.Min(v, ymax)/ymax*plotH }
+	for g := 0.0; g <= ymax+1e-9; g += step {
+		gy := yOf(g)
+		fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#e4e4e4" stroke-width="1"/>`+"\n", marginL, gy, marginL+plotW, gy)
+		text(b, marginL-6, gy+4, 11, "end", "normal", "#555", trimZeros(g))
+	}
+	fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#000" stroke-width="1"/>`+"\n", marginL, y+plotH, marginL+plotW, y+plotH)
+	if len(ms) == 0 {
+		text(b, marginL+plotW/2, y+plotH/2, 12, "middle", "normal", "#555", "no metric measured")
+		return nil
+	}
+	n := len(res.Paths)
+	groupW := plotW / float64(len(ms))
+	barW := math.Min(30, groupW*0.8/float64(n))
+	rotate := barW < 26
+	for gi, m := range ms {
+		gx := float64(marginL) + groupW*float64(gi) + (groupW-barW*float64(n))/2
+		var base *PathSummary
+		for i := range m.Paths {
+			if m.Paths[i].Path == Baseline {
+				base = &m.Paths[i]
+			}
+		}
+		for pi, p := range m.Paths {
+			bx := gx + barW*float64(pi)
+			ratio, ok := 0.0, p.Ratio != nil
+			if ok {
+				ratio = p.Ratio.Median
+			}
+			top := yOf(ratio)
+			tip := fmt.Sprintf("%s, %s: %s", m.Label, titles(res)[p.Path], SummaryCell(m, p)+" "+m.Unit)
+			fmt.Fprintf(b, `<rect class="bar" data-path="%s" data-metric="%s" x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s</title></rect>`+"\n",
+				esc(p.Path), esc(m.Key), bx+1, top, barW-2, y+plotH-top, color(pi), esc(tip))
+			label := "n/a"
+			if ok {
+				label = trimX(FormatRatio(ratio))
+				if ratio > ymax {
+					label = "▲" + label
+				}
+			}
+			lx, ly := bx+barW/2, top-4
+			if rotate {
+				fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="10" text-anchor="start" fill="#222" transform="rotate(-90 %.1f %.1f)">%s</text>`+"\n",
+					lx+3, ly, lx+3, ly, esc(label))
+			} else {
+				text(b, lx, ly, 10, "middle", "normal", "#222", label)
+			}
+		}
+		cx := float64(marginL) + groupW*(float64(gi)+0.5)
+		text(b, cx, y+plotH+18, 12, "middle", "bold", "#000", m.Label)
+		vx := "VXLAN: failed"
+		if base != nil && base.Median != nil {
+			vx = "VXLAN = " + FormatValue(*base.Median, m.Unit) + " " + m.Unit
+		}
+		text(b, cx, y+plotH+34, 11, "middle", "normal", "#555", vx)
+	}
+	// The baseline, over the bars.
+	by := yOf(1)
+	fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#1f77b4" stroke-width="1.5" stroke-dasharray="6 4"/>`+"\n", marginL, by, marginL+plotW, by)
+	return nil
+}
+
+func text(b *strings.Builder, x, y float64, size int, anchor, weight, fill, s string) {
+	fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="%d" text-anchor="%s" font-weight="%s" fill="%s">%s</text>`+"\n",
+		x, y, size, anchor, weight, fill, esc(s))
+}
+
+func esc(s string) string {
+	var b strings.Builder
+	_ = xml.EscapeText(&b, []byte(s))
+	return b.String()
+}
+
+func trimZeros(f float64) string {
+	s := fmt.Sprintf("%.2f", f)
+	s = strings.TrimRight(s, "0")
+	return strings.TrimSuffix(s, ".")
+}
+
+func trimX(s string) string { return strings.TrimSuffix(s, "×") }

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDedupHandlerRateLimitsRepeats(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
+	log := slog.New(newDedupHandler(slog.NewTextHandler(&buf, nil), 30*time.Second, func() time.Time { return now }))
+	for range 5 {
+		log.Warn("etcd unreachable", "err", "timeout")
+	}
+	log.Warn("another message")
+	now = now.Add(31 * time.Second)
+	log.Warn("etcd unreachable", "err", "timeout")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("got %d lines, want 3:\n%s", len(lines), buf.String())
+	}
+	if strings.Contains(lines[0], "repeated") || !strings.Contains(lines[2], "repeated=4") {
+		t.Errorf("repeat count not reported once the window passed:\n%s", buf.String())
+	}
+}
+
+func TestLogFormats(t *testing.T) {
+	var buf bytes.Buffer
+	log, err := newLogger(&buf, "json", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Debug("hello", "subnet", "198.19.7.0/24")
+	var rec map[string]any
+	if err := json.Unmarshal(buf.Bytes(), &rec); err != nil || rec["msg"] != "hello" || rec["subnet"] != "198.19.7.0/24" {
+		t.Errorf("json log line %q: %v", buf.String(), err)
+	}
+	buf.Reset()
+	log, _ = newLogger(&buf, "text", 0)
+	log.Debug("hidden")
+	log.Info("shown")
+	if strings.Contains(buf.String(), "hidden") || !strings.Contains(buf.String(), "msg=shown") {
+		t.Errorf("text log at -v=0: %q", buf.String())
+	}
+	if _, err := newLogger(&buf, "xml", 0); err == nil || !strings.Contains(err.Error(), "-log-format=xml") {
+		t.Errorf("bad format: %v", err)
+	}
+}

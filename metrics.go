@@ -1,0 +1,89 @@
+package main
+
+import (
+	"net/http"
+	"runtime"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/weft-net/weft/tunnel"
+)
+
+// Metrics are read at scrape time from the same snapshot as /status: the
+// data path's counters are per-direction atomics summed here, so packets
+// pay nothing for being counted.
+var (
+	descBuildInfo     = prometheus.NewDesc("weft_build_info", "weft's version, commit and Go version (always 1).", []string{"version", "commit", "goversion"}, nil)
+	descReady         = prometheus.NewDesc("weft_ready", "1 when /readyz would answer 200.", nil, nil)
+	descPeers         = prometheus.NewDesc("weft_peers", "Peers in the data path's table.", nil, nil)
+	descLeaseExpiry   = prometheus.NewDesc("weft_lease_expiry_timestamp_seconds", "When this node's lease expires (0 for a reservation or no lease yet).", nil, nil)
+	descRenewals      = prometheus.NewDesc("weft_lease_renewals_total", "Lease renewal attempts by result.", []string{"result"}, nil)
+	descEtcdUp        = prometheus.NewDesc("weft_etcd_up", "1 while the connection to etcd is up.", nil, nil)
+	descWatchRestarts = prometheus.NewDesc("weft_etcd_watch_restarts_total", "Lease watches restarted, by reason (broken, compacted).", []string{"reason"}, nil)
+	descTxPackets     = prometheus.NewDesc("weft_tx_packets_total", "Inner packets sent to peers.", nil, nil)
+	descTxBytes       = prometheus.NewDesc("weft_tx_bytes_total", "Inner bytes sent to peers.", nil, nil)
+	descRxPackets     = prometheus.NewDesc("weft_rx_packets_total", "Inner packets received from peers and written to the device.", nil, nil)
+	descRxBytes       = prometheus.NewDesc("weft_rx_bytes_total", "Inner bytes received from peers and written to the device.", nil, nil)
+	descDrops         = prometheus.NewDesc("weft_drops_total", "Packets dropped, by reason.", []string{"reason"}, nil)
+	descOffload       = prometheus.NewDesc("weft_offload_enabled", "1 while TUN and UDP offloads are in use.", nil, nil)
+)
+
+type collector struct{ h *health }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descLeaseExpiry, descRenewals, descEtcdUp,
+		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descOffload} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.h.status()
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge(descBuildInfo, 1, version, commitString(), runtime.Version())
+	gauge(descReady, boolFloat(s.Ready))
+	gauge(descPeers, float64(len(s.Peers)))
+	expiry := 0.0
+	if s.Lease != nil && !s.Lease.Reserved {
+		expiry = float64(s.Lease.Expiration.UnixMilli()) / 1000
+	}
+	gauge(descLeaseExpiry, expiry)
+	for result, n := range s.Etcd.Renewals {
+		counter(descRenewals, n, result)
+	}
+	gauge(descEtcdUp, boolFloat(s.Etcd.Up))
+	for reason, n := range s.Etcd.WatchRestarts {
+		counter(descWatchRestarts, n, reason)
+	}
+	counter(descTxPackets, s.Counters.TxPackets)
+	counter(descTxBytes, s.Counters.TxBytes)
+	counter(descRxPackets, s.Counters.RxPackets)
+	counter(descRxBytes, s.Counters.RxBytes)
+	// Every reason, zeros too, so rate() works from the first scrape.
+	for r := tunnel.DropReason(1); r < tunnel.NumDropReasons; r++ {
+		counter(descDrops, s.Counters.Drops[r.String()], r.String())
+	}
+	gauge(descOffload, boolFloat(s.Offload))
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func (h *health) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector{h},
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}

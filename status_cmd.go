@@ -1,0 +1,254 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/weft-net/weft/etcd"
+	"github.com/weft-net/weft/subnet"
+)
+
+// newStatusCommand is `weft status`: what the running daemon knows, asked
+// over its status socket (or its -healthz-port with --url).
+func newStatusCommand(stdout io.Writer) *cobra.Command {
+	var socket, url, output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "show the running daemon's lease, etcd state, peers, traffic and drops",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("-o %s: must be text or json", output)
+			}
+			s, raw, err := fetchStatus(cmd.Context(), socket, url)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				_, err := stdout.Write(raw)
+				return err
+			}
+			printStatus(stdout, s, time.Now())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&socket, "socket", defaultStatusSocket, "the daemon's -status-socket")
+	cmd.Flags().StringVar(&url, "url", "", "ask over HTTP instead, e.g. http://127.0.0.1:8471 (the daemon's -healthz-ip:-healthz-port)")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+func fetchStatus(ctx context.Context, socket, url string) (*Status, []byte, error) {
+	client := &http.Client{Timeout: 5 * time.Second}
+	target := strings.TrimSuffix(url, "/") + "/status"
+	if url == "" {
+		target = "http://weft/status"
+		client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		}}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		if url == "" {
+			return nil, nil, fmt.Errorf("no weft daemon answers on %s (is it running? pass --socket or --url): %w", socket, err)
+		}
+		return nil, nil, fmt.Errorf("ask %s: %w", target, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read %s: %w", target, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("ask %s: %s", target, resp.Status)
+	}
+	var s Status
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return nil, nil, fmt.Errorf("decode %s: %w", target, err)
+	}
+	return &s, raw, nil
+}
+
+func printStatus(w io.Writer, s *Status, now time.Time) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	state := "ready"
+	if !s.Ready {
+		state = "NOT READY"
+	}
+	fmt.Fprintf(tw, "%s\t%s\n", state, s.Version)
+	if l := s.Lease; l != nil {
+		exp := "reservation (no expiry)"
+		if !l.Reserved {
+			exp = fmt.Sprintf("expires %s (in %s)", l.Expiration.Format(time.RFC3339), l.Expiration.Sub(now).Round(time.Minute))
+		}
+		fmt.Fprintf(tw, "lease\t%s  public IP %s  %s\n", l.Subnet, l.PublicIP, exp)
+	} else {
+		fmt.Fprintf(tw, "lease\tnone yet\n")
+	}
+	if r := s.Renewal; r != nil {
+		fmt.Fprintf(tw, "renewal\tFAILING since %s: %s\n", r.FailingSince.Format(time.RFC3339), r.LastError)
+	}
+	etcdState := "up"
+	if !s.Etcd.Up {
+		etcdState = "UNREACHABLE (forwarding with the last peer table)"
+	}
+	fmt.Fprintf(tw, "etcd\t%s  %s  renewals ok %d failed %d  watch restarts %s\n", etcdState, s.Etcd.Endpoints,
+		s.Etcd.Renewals["success"], s.Etcd.Renewals["failure"], formatCounts(s.Etcd.WatchRestarts))
+	offload := "off"
+	if s.Offload {
+		offload = "on"
+	}
+	fmt.Fprintf(tw, "device\t%s  mtu %d  source check %s  offload %s\n", s.Device, s.MTU, s.SourceCheck, offload)
+	c := s.Counters
+	fmt.Fprintf(tw, "traffic\ttx %d packets %s  rx %d packets %s\n", c.TxPackets, humanBytes(c.TxBytes), c.RxPackets, humanBytes(c.RxBytes))
+	fmt.Fprintf(tw, "drops\t%s\n", formatCounts(c.Drops))
+	fmt.Fprintf(tw, "peers\t%d\n", len(s.Peers))
+	tw.Flush()
+	if len(s.Peers) > 0 {
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  SUBNET\tPUBLIC IP")
+		for _, p := range s.Peers {
+			fmt.Fprintf(tw, "  %s\t%s\n", p.Subnet, p.PublicIP)
+		}
+		tw.Flush()
+	}
+}
+
+// formatCounts prints non-zero counts as "a 1, b 2", or "none".
+func formatCounts(m map[string]uint64) string {
+	var parts []string
+	for _, k := range slices.Sorted(func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}) {
+		if m[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", k, m[k]))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// newLeasesCommand is `weft leases`: every lease in etcd, read directly.
+func newLeasesCommand(o *options, stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "leases",
+		Short: "list every lease in etcd with its public IP and time to live; reservations are marked",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			return withStore(cmd.Context(), o, func(ctx context.Context, s *etcd.Store) error {
+				leases, _, err := s.ListLeases(ctx)
+				if err != nil {
+					return err
+				}
+				printLeases(stdout, leases, time.Now())
+				return nil
+			})
+		},
+	}
+}
+
+func printLeases(w io.Writer, leases []subnet.Lease, now time.Time) {
+	slices.SortFunc(leases, func(a, b subnet.Lease) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SUBNET\tPUBLIC IP\tTTL\tKIND")
+	for _, l := range leases {
+		ttl, kind := "-", "lease"
+		if l.Reserved() {
+			kind = "reservation"
+		} else if !l.Expiration.IsZero() {
+			ttl = l.Expiration.Sub(now).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", l.Subnet, l.Attrs.PublicIP, ttl, kind)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d leases\n", len(leases))
+}
+
+// newLeaseCommand is `weft lease release SUBNET`, for a decommissioned node.
+func newLeaseCommand(o *options, stdout io.Writer) *cobra.Command {
+	lease := &cobra.Command{Use: "lease", Short: "manage single leases"}
+	var yes bool
+	release := &cobra.Command{
+		Use:   "release SUBNET",
+		Short: "delete a decommissioned node's lease from etcd (asks first)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			p, err := netip.ParsePrefix(args[0])
+			if err != nil || !p.Addr().Is4() || p.Masked() != p {
+				return fmt.Errorf("lease release %s: not a subnet such as 198.19.7.0/24 (see weft leases)", args[0])
+			}
+			return withStore(cmd.Context(), o, func(ctx context.Context, s *etcd.Store) error {
+				leases, _, err := s.ListLeases(ctx)
+				if err != nil {
+					return err
+				}
+				i := slices.IndexFunc(leases, func(l subnet.Lease) bool { return l.Subnet == p })
+				if i < 0 {
+					return fmt.Errorf("lease release %s: no such lease under %s (see weft leases)", p, o.etcdPrefix)
+				}
+				l := leases[i]
+				kind := "lease"
+				if l.Reserved() {
+					kind = "reservation"
+				}
+				if !yes {
+					fmt.Fprintf(stdout, "Delete the %s %s of %s? If that node still runs weft it will exit and lease again. [y/N] ", kind, p, l.Attrs.PublicIP)
+					answer, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+					if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
+						return fmt.Errorf("lease release %s: not confirmed, nothing deleted", p)
+					}
+				}
+				if err := s.DeleteLease(ctx, l); err != nil {
+					return err
+				}
+				fmt.Fprintf(stdout, "released %s (%s)\n", p, l.Attrs.PublicIP)
+				return nil
+			})
+		},
+	}
+	release.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask")
+	lease.AddCommand(release)
+	return lease
+}
