@@ -99,7 +99,7 @@ func FormatRatio(r float64) string {
 // the ratio to the baseline with its range over rounds.
 func SummaryCell(m MetricSummary, p PathSummary) string {
 	if p.Median == nil {
-		return "failed"
+		return "–"
 	}
 	s := FormatValue(*p.Median, m.Unit)
 	switch {

@@ -104,6 +104,10 @@ type Sample struct {
 	OtherLoad float64 `json:"otherLoadPct"`
 	IdleOK    bool    `json:"idleOK"`
 	Error     string  `json:"error,omitempty"`
+	// Daemon: the path has tunnel daemons, whose CPU time is measured;
+	// Weft: they are weft, whose /status drop counters are read.
+	Daemon bool `json:"daemon"`
+	Weft   bool `json:"weft"`
 
 	// TCP and UDP (iperf3).
 	Gbps        float64 `json:"gbps,omitempty"`        // receiver, measured interval
@@ -156,9 +160,13 @@ type Metric struct {
 	Key    string
 	Label  string
 	Unit   string
-	Higher bool // higher is better
+	Higher bool   // higher is better
+	Short  string // the chart's label, when Chart
 	// Chart: drawn in the chart (ratios to VXLAN are meaningful).
 	Chart bool
+	// Counter: an event count (drops, retransmits), shown without a
+	// ratio: VXLAN's count is often 0, and 3 vs 1 drops is no "3×".
+	Counter bool
 	// Value computes the metric from one round's samples of one path,
 	// keyed by test; ok is false when the inputs are missing or failed.
 	Value func(byTest map[string]*Sample) (v float64, ok bool)
@@ -201,36 +209,48 @@ func sumTests(tests []string, f func(*Sample) float64) func(map[string]*Sample) 
 
 // Metrics lists the summary's rows, in report order.
 var Metrics = []Metric{
-	{Key: "tcp1_gbps", Label: "TCP, 1 stream", Unit: "Gb/s", Higher: true, Chart: true,
+	{Key: "tcp1_gbps", Label: "TCP, 1 stream", Short: "TCP 1 stream", Unit: "Gb/s", Higher: true, Chart: true,
 		Value: fromTest(TestTCP1, func(s *Sample) (float64, bool) { return s.Gbps, true })},
-	{Key: "tcp4_gbps", Label: "TCP, 4 streams", Unit: "Gb/s", Higher: true, Chart: true,
+	{Key: "tcp4_gbps", Label: "TCP, 4 streams", Short: "TCP 4 streams", Unit: "Gb/s", Higher: true, Chart: true,
 		Value: fromTest(TestTCP4, func(s *Sample) (float64, bool) { return s.Gbps, true })},
-	{Key: "tcp8_gbps", Label: "TCP, 8 streams", Unit: "Gb/s", Higher: true, Chart: true,
+	{Key: "tcp8_gbps", Label: "TCP, 8 streams", Short: "TCP 8 streams", Unit: "Gb/s", Higher: true, Chart: true,
 		Value: fromTest(TestTCP8, func(s *Sample) (float64, bool) { return s.Gbps, true })},
-	{Key: "udp64_kpps", Label: "UDP 64 B delivered", Unit: "kpps", Higher: true, Chart: true,
+	{Key: "udp64_kpps", Label: "UDP 64 B delivered", Short: "UDP 64 B pps", Unit: "kpps", Higher: true, Chart: true,
 		Value: fromTest(TestUDP64, func(s *Sample) (float64, bool) { return s.DeliveredPP / 1e3, true })},
-	{Key: "rr_kps", Label: "TCP request/response", Unit: "k/s", Higher: true, Chart: true,
+	{Key: "rr_kps", Label: "TCP request/response", Short: "TCP req/resp rate", Unit: "k/s", Higher: true, Chart: true,
 		Value: fromTest(TestRR, func(s *Sample) (float64, bool) { return s.RRPerSec / 1e3, true })},
-	{Key: "ping_p50_ms", Label: "ping RTT p50", Unit: "ms", Chart: true,
+	{Key: "ping_p50_ms", Label: "ping RTT p50", Short: "ping RTT p50", Unit: "ms", Chart: true,
 		Value: fromTest(TestPing, func(s *Sample) (float64, bool) { return s.P50ms, s.PingRecv > 0 })},
-	{Key: "ping_p99_ms", Label: "ping RTT p99", Unit: "ms", Chart: true,
+	{Key: "ping_p99_ms", Label: "ping RTT p99", Short: "ping RTT p99", Unit: "ms", Chart: true,
 		Value: fromTest(TestPing, func(s *Sample) (float64, bool) { return s.P99ms, s.PingRecv > 0 })},
-	{Key: "cpu_s_per_gb", Label: "all CPU per GB (TCP 1 stream)", Unit: "s/GB", Chart: true,
+	{Key: "cpu_s_per_gb", Label: "all CPU per GB (TCP 1 stream)", Short: "all CPU per GB", Unit: "s/GB", Chart: true,
 		Value: fromTest(TestTCP1, perGB(func(s *Sample) float64 { return s.BusyCPU }))},
-	{Key: "softirq_s_per_gb", Label: "softirq CPU per GB (TCP 1 stream)", Unit: "s/GB", Chart: true,
+	{Key: "softirq_s_per_gb", Label: "softirq CPU per GB (TCP 1 stream)", Short: "softirq CPU per GB", Unit: "s/GB", Chart: true,
 		Value: fromTest(TestTCP1, perGB(func(s *Sample) float64 { return s.SoftirqCPU }))},
 	{Key: "daemon_cpu_s_per_gb", Label: "tunnel daemon CPU per GB (TCP 1 stream)", Unit: "s/GB",
-		Value: fromTest(TestTCP1, perGB(func(s *Sample) float64 { return s.DaemonCPU }))},
-	{Key: "retransmits", Label: "TCP retransmits (1+4+8 streams)", Unit: "segments",
+		Value: fromTest(TestTCP1, func(s *Sample) (float64, bool) {
+			if !s.Daemon {
+				return 0, false
+			}
+			return perGB(func(s *Sample) float64 { return s.DaemonCPU })(s)
+		})},
+	{Key: "retransmits", Label: "TCP retransmits (1+4+8 streams)", Unit: "segments", Counter: true,
 		Value: sumTests([]string{TestTCP1, TestTCP4, TestTCP8}, func(s *Sample) float64 { return float64(s.Retransmits) })},
-	{Key: "tun_tx_dropped", Label: "device tx_dropped (all tests)", Unit: "packets",
+	{Key: "tun_tx_dropped", Label: "device tx_dropped (all tests)", Unit: "packets", Counter: true,
 		Value: sumTests(AllTests, func(s *Sample) float64 { return float64(s.TunTxDropped) })},
-	{Key: "udp_rcvbuf_errors", Label: "UdpRcvbufErrors (all tests)", Unit: "datagrams",
+	{Key: "udp_rcvbuf_errors", Label: "UdpRcvbufErrors (all tests)", Unit: "datagrams", Counter: true,
 		Value: sumTests(AllTests, func(s *Sample) float64 { return float64(s.UDPRcvbufErrors) })},
-	{Key: "udp_sndbuf_errors", Label: "UdpSndbufErrors (all tests)", Unit: "datagrams",
+	{Key: "udp_sndbuf_errors", Label: "UdpSndbufErrors (all tests)", Unit: "datagrams", Counter: true,
 		Value: sumTests(AllTests, func(s *Sample) float64 { return float64(s.UDPSndbufErrors) })},
-	{Key: "weft_drops", Label: "weft drop counters (all tests)", Unit: "packets",
-		Value: sumTests(AllTests, (*Sample).weftDropTotal)},
+	{Key: "weft_drops", Label: "weft drop counters (all tests)", Unit: "packets", Counter: true,
+		Value: func(m map[string]*Sample) (float64, bool) {
+			for _, s := range m {
+				if !s.Weft {
+					return 0, false
+				}
+			}
+			return sumTests(AllTests, (*Sample).weftDropTotal)(m)
+		}},
 }
 
 // MetricSummary is one metric across paths.
@@ -240,6 +260,7 @@ type MetricSummary struct {
 	Unit   string        `json:"unit"`
 	Higher bool          `json:"higherIsBetter"`
 	Chart  bool          `json:"chart"`
+	Short  string        `json:"short,omitempty"`
 	Paths  []PathSummary `json:"paths"`
 }
 
@@ -281,7 +302,7 @@ func Summarize(samples []Sample, paths []string, rounds int) []MetricSummary {
 	}
 	var out []MetricSummary
 	for _, m := range Metrics {
-		ms := MetricSummary{Key: m.Key, Label: m.Label, Unit: m.Unit, Higher: m.Higher, Chart: m.Chart}
+		ms := MetricSummary{Key: m.Key, Label: m.Label, Unit: m.Unit, Higher: m.Higher, Chart: m.Chart, Short: m.Short}
 		values := map[string][]*float64{}
 		for _, p := range paths {
 			vs := make([]*float64, rounds)
@@ -313,7 +334,7 @@ func Summarize(samples []Sample, paths []string, rounds int) []MetricSummary {
 					ratios = append(ratios, *v / *base[r])
 				}
 			}
-			if len(ratios) > 0 {
+			if len(ratios) > 0 && !m.Counter {
 				ps.Ratio = &Ratio{Median: Median(ratios), Min: slices.Min(ratios), Max: slices.Max(ratios), Rounds: ratios}
 			}
 			ms.Paths = append(ms.Paths, ps)

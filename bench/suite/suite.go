@@ -595,7 +595,7 @@ func (r *runner) waitIdle(ctx context.Context) (float64, bool) {
 // runTest runs one test on one path and fills a sample; errors go into
 // the sample.
 func (r *runner) runTest(ctx context.Context, round int, test string, p *pathRun) Sample {
-	s := Sample{Round: round, Test: test, Path: p.Name}
+	s := Sample{Round: round, Test: test, Path: p.Name, Daemon: p.pids != nil, Weft: p.weft}
 	s.OtherLoad, s.IdleOK = r.waitIdle(ctx)
 	before, err := r.snap(p)
 	if err != nil {

@@ -144,7 +144,11 @@ func panel(b *strings.Builder, res *Results, ms []MetricSummary, y float64, subt
 			}
 		}
 		cx := float64(marginL) + groupW*(float64(gi)+0.5)
-		text(b, cx, y+plotH+18, 12, "middle", "bold", "#000", m.Label)
+		label := m.Short
+		if label == "" {
+			label = m.Label
+		}
+		text(b, cx, y+plotH+18, 12, "middle", "bold", "#000", label)
 		vx := "VXLAN: failed"
 		if base != nil && base.Median != nil {
 			vx = "VXLAN = " + FormatValue(*base.Median, m.Unit) + " " + m.Unit
