@@ -85,7 +85,7 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 	}
 	log.Info("using interface", "iface", iface.Name, "addr", iface.Addr, "mtu", iface.MTU, "public-ip", publicIP)
 
-	store, err := etcd.New(o.etcdConfig(log))
+	store, err := connectEtcd(ctx, o, log)
 	if err != nil {
 		return err
 	}
@@ -556,5 +556,21 @@ func (d *node) statusLine(own netip.Prefix) string {
 func notify(log *slog.Logger, state string) {
 	if _, err := daemon.SdNotify(false, state); err != nil {
 		log.Debug("sd_notify", "state", state, "err", err)
+	}
+}
+
+// connectEtcd creates the etcd client. Only with a user and password does
+// that talk to etcd; while etcd is unreachable it retries, so a node may
+// boot before etcd, but a refused login is fatal.
+func connectEtcd(ctx context.Context, o *options, log *slog.Logger) (*etcd.Store, error) {
+	backoff := retry{}
+	for {
+		s, err := etcd.New(o.etcdConfig(log))
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+			return s, err
+		}
+		if err := backoff.wait(ctx, log, "connect to etcd", err); err != nil {
+			return nil, err
+		}
 	}
 }

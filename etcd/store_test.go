@@ -970,3 +970,53 @@ func FuzzParseKey(f *testing.F) {
 		}
 	})
 }
+
+// User and password, as flanneld's -etcd-username/-etcd-password, against
+// an etcd with authentication on: the right ones work, a wrong password is
+// an error that says so.
+func TestUsernamePassword(t *testing.T) {
+	ep := etcdtest.Start(t)
+	ctx := testCtx(t)
+	cli := rawClient(t, ep)
+	for _, step := range []func() error{
+		func() error { _, err := cli.UserAdd(ctx, "root", "rootpw"); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.UserAdd(ctx, "weft", "s3cret"); return err },
+		func() error { _, err := cli.RoleAdd(ctx, "weft"); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, "weft", "/coreos.com/network/", clientv3.GetPrefixRangeEnd("/coreos.com/network/"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserGrantRole(ctx, "weft", "weft"); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	} {
+		if err := step(); err != nil {
+			t.Fatalf("set up etcd auth: %v", err)
+		}
+	}
+
+	s, err := New(Config{Endpoints: []string{ep}, Username: "weft", Password: "s3cret"})
+	if err != nil {
+		t.Fatalf("New with user and password: %v", err)
+	}
+	defer s.Close()
+	if err := s.PutNetworkConfig(ctx, []byte(`{"Network":"198.19.0.0/16"}`)); err != nil {
+		t.Fatalf("PutNetworkConfig as weft: %v", err)
+	}
+	if _, err := s.CreateLease(ctx, subnetA, attrs(t, valueA), subnet.LeaseTTL); err != nil {
+		t.Fatalf("CreateLease as weft: %v", err)
+	}
+
+	_, err = New(Config{Endpoints: []string{ep}, Username: "weft", Password: "wrong"})
+	if err == nil || !strings.Contains(err.Error(), "authentication failed") {
+		t.Errorf("wrong password: %v; want an error saying authentication failed", err)
+	}
+	anon, err := New(Config{Endpoints: []string{ep}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anon.Close()
+	if _, err := anon.GetNetworkConfig(ctx); err == nil {
+		t.Error("reading without credentials succeeded with auth on")
+	}
+}
