@@ -2,6 +2,7 @@ package firewall
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/bits"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
 )
 
 // describe renders a rule in nft's syntax, for the expressions this package
@@ -193,5 +195,26 @@ func assertLines(t *testing.T, what string, got, want []string) {
 	t.Helper()
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("%s rules:\n got:\n  %s\n want:\n  %s", what, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+}
+
+func TestExplain(t *testing.T) {
+	for _, tc := range []struct {
+		errno       unix.Errno
+		unavailable bool
+		hint        string
+	}{
+		{unix.EOPNOTSUPP, true, "modprobe nf_tables"},
+		{unix.EPROTONOSUPPORT, true, "modprobe nf_tables"},
+		{unix.EAFNOSUPPORT, true, "modprobe nf_tables"},
+		{unix.ENOENT, true, "nft_masq"},
+		{unix.EPERM, false, "CAP_NET_ADMIN"},
+		{unix.EBUSY, false, "write"},
+	} {
+		// As the library reports it: wrapped, inside a joined error.
+		err := explain(fmt.Errorf("write nftables table ip weft: %w", fmt.Errorf("conn.Receive: %w", errors.Join(tc.errno))))
+		if errors.Is(err, ErrUnavailable) != tc.unavailable || !strings.Contains(err.Error(), tc.hint) || !errors.Is(err, tc.errno) {
+			t.Errorf("explain(%v) = %v: want ErrUnavailable=%v, hint %q, errno kept", tc.errno, err, tc.unavailable, tc.hint)
+		}
 	}
 }

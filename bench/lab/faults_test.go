@@ -377,8 +377,12 @@ func TestFaultPartitionFromEtcd(t *testing.T) {
 	healed = true
 	healAt := time.Now()
 	t.Logf("n0 cut off from etcd for %v", healAt.Sub(cut).Round(time.Millisecond))
-	d := waitPeersSince(t, func() (*Status, error) { return l.Status(0) }, "n0", healAt, 5*time.Second, sub[1], sub[3])
+	// Waited for longer than the limit, so that a failure says by how much.
+	d := waitPeersSince(t, func() (*Status, error) { return l.Status(0) }, "n0", healAt, 60*time.Second, sub[1], sub[3])
 	t.Logf("n0 applied the changes made during the partition %v after it healed", d.Round(time.Millisecond))
+	if d > 5*time.Second {
+		t.Errorf("n0 took %v after the partition healed to apply the changes, want at most 5 s", d.Round(time.Millisecond))
+	}
 	pingPairs(t, l, []int{0, 1, 3}, 3)
 }
 
