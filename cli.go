@@ -36,9 +36,10 @@ type options struct {
 	ifaceCanReach string
 	publicIP      string
 
-	ipMasq               bool
-	iptablesForwardRules bool
-	iptablesResync       int
+	ipMasq                   bool
+	ipMasqFullyRandomDisable bool
+	iptablesForwardRules     bool
+	iptablesResync           int
 
 	subnetFile        string
 	renewMarginMinute int
@@ -53,6 +54,7 @@ type options struct {
 	sourceCheck  string
 	statusSocket string
 	logFormat    string
+	peerMetrics  bool
 }
 
 func (o *options) etcdFlags(fs *pflag.FlagSet) {
@@ -70,9 +72,10 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.StringArrayVar(&o.ifaceRegexes, "iface-regex", nil, "regex matched against interface IPs, then names (repeatable)")
 	fs.StringVar(&o.ifaceCanReach, "iface-can-reach", "", "use the interface that routes to this IP")
 	fs.StringVar(&o.publicIP, "public-ip", "", "PublicIP to publish in the lease (default: the interface's IP)")
-	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade traffic leaving the overlay network (not yet implemented by weft)")
-	fs.BoolVar(&o.iptablesForwardRules, "iptables-forward-rules", true, "add FORWARD accept rules for the network (not yet implemented by weft)")
-	fs.IntVar(&o.iptablesResync, "iptables-resync", 5, "seconds between rule checks")
+	fs.BoolVar(&o.ipMasq, "ip-masq", false, "masquerade traffic leaving the overlay network (nftables table ip weft; kept when weft stops)")
+	fs.BoolVar(&o.ipMasqFullyRandomDisable, "ip-masq-fully-random-disable", false, "masquerade without fully random source ports")
+	fs.BoolVar(&o.iptablesForwardRules, "iptables-forward-rules", true, "accept forwarded traffic from and to the network (nftables table ip weft)")
+	fs.IntVar(&o.iptablesResync, "iptables-resync", 5, "seconds between checks that repair the nftables rules")
 	fs.StringVar(&o.subnetFile, "subnet-file", "/run/flannel/subnet.env", "file the lease is written to (flannel's subnet.env)")
 	fs.IntVar(&o.renewMarginMinute, "subnet-lease-renew-margin", 60, "renew the lease this many minutes before it expires (1..1439)")
 	fs.StringVar(&o.healthzIP, "healthz-ip", "0.0.0.0", "address for /healthz, /readyz and /status")
@@ -83,6 +86,7 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.mtu, "mtu", 0, "TUN MTU (0: the interface's MTU minus 28)")
 	fs.StringVar(&o.statusSocket, "status-socket", defaultStatusSocket, "unix socket the weft status command asks (empty: none)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&o.peerMetrics, "peer-metrics", false, "export per-peer traffic counters on /metrics (one series per node: mind the cardinality)")
 	fs.StringVar(&o.sourceCheck, "source-check", "strict", "which datagrams to accept: strict (from the PublicIP of the lease holding the inner source), nat (inner source in any lease, for peers behind NAT), off (any, as flanneld)")
 }
 

@@ -68,8 +68,8 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 	if !ok {
 		return fmt.Errorf("-source-check=%s: must be strict, nat or off", o.sourceCheck)
 	}
-	if o.ipMasq {
-		log.Warn("-ip-masq is accepted but weft does not install NAT rules yet; add masquerading yourself", "flag", "ip-masq")
+	if err := o.checkFirewallFlags(); err != nil {
+		return err
 	}
 	log.Info("starting weft", "version", versionString(), "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
 
@@ -140,7 +140,7 @@ type node struct {
 func (d *node) run(ctx context.Context) error {
 	o := d.opts
 	d.health = newHealth()
-	d.health.setStatic(o.etcdEndpoints, d.sourceCheck.String())
+	d.health.setStatic(o.etcdEndpoints, d.sourceCheck.String(), o.peerMetrics)
 	if o.healthzPort != 0 {
 		stop, err := d.health.serve(o.healthzIP, o.healthzPort, d.log)
 		if err != nil {
@@ -319,7 +319,9 @@ func (d *node) run(ctx context.Context) error {
 		}
 	})
 
-	if err := writeSubnetEnv(o.subnetFile, subnetEnv{
+	if err := d.startFirewall(cfg.Network, lease.Subnet, spawn); err != nil {
+		cancel(err)
+	} else if err := writeSubnetEnv(o.subnetFile, subnetEnv{
 		Network: cfg.Network, Subnet: lease.Subnet, MTU: mtu, IPMasq: o.ipMasq,
 	}); err != nil {
 		cancel(err)
@@ -461,7 +463,7 @@ func (d *node) publishPeers(own netip.Prefix, leases []subnet.Lease) {
 		}
 		peers = append(peers, tunnel.Peer{Subnet: l.Subnet, Addr: l.Attrs.PublicIP})
 	}
-	d.fwd.SetPeers(tunnel.NewTable(own, peers))
+	d.fwd.UpdatePeers(own, peers)
 	d.health.setPeers(peers)
 }
 

@@ -28,6 +28,7 @@ type health struct {
 	lease subnet.Lease
 	// static facts, set once at start
 	version     string
+	peerMetrics bool
 	endpoints   string
 	sourceCheck string
 	// control-plane state for /status and /metrics
@@ -48,9 +49,9 @@ func newHealth() *health {
 	return &health{version: versionString(), watchRestarts: map[string]uint64{"broken": 0, "compacted": 0}}
 }
 
-func (h *health) setStatic(endpoints, sourceCheck string) {
+func (h *health) setStatic(endpoints, sourceCheck string, peerMetrics bool) {
 	h.mu.Lock()
-	h.endpoints, h.sourceCheck = endpoints, sourceCheck
+	h.endpoints, h.sourceCheck, h.peerMetrics = endpoints, sourceCheck, peerMetrics
 	h.mu.Unlock()
 }
 
@@ -139,8 +140,12 @@ type StatusRenew struct {
 }
 
 type StatusPeer struct {
-	Subnet   netip.Prefix `json:"subnet"`
-	PublicIP netip.Addr   `json:"publicIP"`
+	Subnet    netip.Prefix `json:"subnet"`
+	PublicIP  netip.Addr   `json:"publicIP"`
+	TxPackets uint64       `json:"txPackets"`
+	TxBytes   uint64       `json:"txBytes"`
+	RxPackets uint64       `json:"rxPackets"`
+	RxBytes   uint64       `json:"rxBytes"`
 }
 
 type StatusCounter struct {
@@ -170,8 +175,15 @@ func (h *health) status() Status {
 		s.Lease = &StatusLease{Subnet: h.lease.Subnet, PublicIP: h.lease.Attrs.PublicIP,
 			Expiration: h.lease.Expiration, Reserved: h.lease.Reserved()}
 	}
-	for _, p := range h.peers {
-		s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr})
+	if h.fwd != nil {
+		for _, p := range h.fwd.PeerTraffic() {
+			s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr,
+				TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes})
+		}
+	} else {
+		for _, p := range h.peers {
+			s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr})
+		}
 	}
 	s.Counters.Drops = map[string]uint64{}
 	if h.fwd != nil {

@@ -28,13 +28,21 @@ var (
 	descRxBytes       = prometheus.NewDesc("weft_rx_bytes_total", "Inner bytes received from peers and written to the device.", nil, nil)
 	descDrops         = prometheus.NewDesc("weft_drops_total", "Packets dropped, by reason.", []string{"reason"}, nil)
 	descOffload       = prometheus.NewDesc("weft_offload_enabled", "1 while TUN and UDP offloads are in use.", nil, nil)
+
+	// Per peer, only with -peer-metrics: one series per node of the cluster.
+	peerLabels        = []string{"subnet", "public_ip"}
+	descPeerTxPackets = prometheus.NewDesc("weft_peer_tx_packets_total", "Inner packets sent to one peer.", peerLabels, nil)
+	descPeerTxBytes   = prometheus.NewDesc("weft_peer_tx_bytes_total", "Inner bytes sent to one peer.", peerLabels, nil)
+	descPeerRxPackets = prometheus.NewDesc("weft_peer_rx_packets_total", "Inner packets accepted from one peer.", peerLabels, nil)
+	descPeerRxBytes   = prometheus.NewDesc("weft_peer_rx_bytes_total", "Inner bytes accepted from one peer.", peerLabels, nil)
 )
 
 type collector struct{ h *health }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descLeaseExpiry, descRenewals, descEtcdUp,
-		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descOffload} {
+		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descOffload,
+		descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
 		ch <- d
 	}
 }
@@ -71,6 +79,15 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descDrops, s.Counters.Drops[r.String()], r.String())
 	}
 	gauge(descOffload, boolFloat(s.Offload))
+	if c.h.peerMetrics {
+		for _, p := range s.Peers {
+			sn, ip := p.Subnet.String(), p.PublicIP.String()
+			counter(descPeerTxPackets, p.TxPackets, sn, ip)
+			counter(descPeerTxBytes, p.TxBytes, sn, ip)
+			counter(descPeerRxPackets, p.RxPackets, sn, ip)
+			counter(descPeerRxBytes, p.RxBytes, sn, ip)
+		}
+	}
 }
 
 func boolFloat(b bool) float64 {

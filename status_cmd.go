@@ -123,9 +123,10 @@ func printStatus(w io.Writer, s *Status, now time.Time) {
 	tw.Flush()
 	if len(s.Peers) > 0 {
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  SUBNET\tPUBLIC IP")
+		fmt.Fprintln(tw, "  SUBNET\tPUBLIC IP\tTX\tRX")
 		for _, p := range s.Peers {
-			fmt.Fprintf(tw, "  %s\t%s\n", p.Subnet, p.PublicIP)
+			fmt.Fprintf(tw, "  %s\t%s\t%d pkts %s\t%d pkts %s\n", p.Subnet, p.PublicIP,
+				p.TxPackets, humanBytes(p.TxBytes), p.RxPackets, humanBytes(p.RxBytes))
 		}
 		tw.Flush()
 	}

@@ -18,7 +18,7 @@ import (
 
 func testHealth() *health {
 	h := newHealth()
-	h.setStatic("http://198.18.0.1:2379", "strict")
+	h.setStatic("http://198.18.0.1:2379", "strict", true)
 	h.setEtcdUp(true)
 	h.setLease(subnet.Lease{Subnet: netip.MustParsePrefix("198.19.7.0/24"),
 		Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("198.18.0.2")}, Expiration: time.Now().Add(23 * time.Hour), ID: 9})
@@ -81,6 +81,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		`weft_drops_total{reason="spoofed_source"} 0`,
 		"weft_offload_enabled 0",
 		"go_goroutines", "process_resident_memory_bytes",
+		`weft_peer_rx_bytes_total{public_ip="198.18.0.3",subnet="198.19.8.0/24"} 0`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)

@@ -114,6 +114,16 @@ func makeBufs(n int) [][]byte {
 	return bufs
 }
 
+// UpdatePeers publishes a new table for a node owning local with peers,
+// carrying over the traffic counters of peers that stay. Control plane
+// only: calls must not race each other (the data path may run).
+func (f *Forwarder) UpdatePeers(local netip.Prefix, peers []Peer) {
+	f.peers.Store(f.peers.Load().Next(local, peers))
+}
+
+// PeerTraffic returns every peer of the current table with its counters.
+func (f *Forwarder) PeerTraffic() []PeerTraffic { return f.peers.Load().Traffic() }
+
 // SetPeers replaces the peer table. It is safe to call from any goroutine;
 // each batch uses the table current when it was read. nil empties it.
 func (f *Forwarder) SetPeers(t *Table) { f.peers.Store(t) }
@@ -195,7 +205,7 @@ func (f *Forwarder) tunToUDP() error {
 	n, err := f.dev.Read(o.bufs, o.sizes, headroom)
 	peers := f.peers.Load()
 	run := o.run[:0]
-	var runPeer netip.Addr
+	var runPeer *peerEntry
 	for i := range n {
 		size := o.sizes[i]
 		dst, reason := DestinationIPv4(o.bufs[i][headroom : headroom+size])
@@ -203,8 +213,8 @@ func (f *Forwarder) tunToUDP() error {
 			o.stats.drop(reason, 1)
 			continue
 		}
-		peer, ok := peers.Lookup(dst)
-		if !ok {
+		peer := peers.lookup(dst)
+		if peer == nil {
 			o.stats.drop(DropNoRoute, 1)
 			continue
 		}
@@ -228,10 +238,11 @@ func (f *Forwarder) tunToUDP() error {
 	return nil
 }
 
-// send writes pkts (each with headroom) to peer and counts the outcome.
-func (f *Forwarder) send(pkts [][]byte, peer netip.Addr) error {
+// send writes pkts (each with headroom) to peer and counts the outcome,
+// in total and for the peer.
+func (f *Forwarder) send(pkts [][]byte, peer *peerEntry) error {
 	s := &f.out.stats
-	dst := netip.AddrPortFrom(peer, f.port)
+	dst := netip.AddrPortFrom(peer.addr, f.port)
 	bytes := 0
 	for _, p := range pkts {
 		bytes += len(p) - headroom
@@ -240,14 +251,19 @@ func (f *Forwarder) send(pkts [][]byte, peer netip.Addr) error {
 	if err == nil {
 		s.packets.Add(uint64(len(pkts)))
 		s.bytes.Add(uint64(bytes))
+		peer.stats.TxPackets.Add(uint64(len(pkts)))
+		peer.stats.TxBytes.Add(uint64(bytes))
 		return nil
 	}
 	var se *SendError
 	switch {
 	case errors.As(err, &se):
 		failed := min(max(se.Failed, 0), len(pkts))
-		s.packets.Add(uint64(len(pkts) - failed))
-		s.bytes.Add(uint64(max(bytes-se.FailedBytes, 0)))
+		sent, sentBytes := uint64(len(pkts)-failed), uint64(max(bytes-se.FailedBytes, 0))
+		s.packets.Add(sent)
+		s.bytes.Add(sentBytes)
+		peer.stats.TxPackets.Add(sent)
+		peer.stats.TxBytes.Add(sentBytes)
 		s.drop(DropSendError, failed)
 		return nil
 	case !errors.Is(err, net.ErrClosed) && transient(err):
@@ -268,8 +284,9 @@ func (f *Forwarder) udpToTUN() error {
 	for i := range n {
 		pkt := in.views[i][:in.sizes[i]]
 		reason := ValidateIPv4(pkt)
+		var from *peerEntry
 		if reason == DropNone {
-			reason = peers.Accept(in.addrs[i].Addr(), pkt, f.check)
+			from, reason = peers.accept(in.addrs[i].Addr(), pkt, f.check)
 		}
 		if reason == DropNone {
 			reason = DecrementTTL(pkt)
@@ -277,6 +294,10 @@ func (f *Forwarder) udpToTUN() error {
 		if reason != DropNone {
 			in.stats.drop(reason, 1)
 			continue
+		}
+		if from != nil {
+			from.stats.RxPackets.Add(1)
+			from.stats.RxBytes.Add(uint64(len(pkt)))
 		}
 		ready = append(ready, in.bufs[i][:headroom+len(pkt)])
 	}

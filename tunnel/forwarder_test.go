@@ -596,3 +596,43 @@ func TestForwardCountsSendErrors(t *testing.T) {
 		t.Errorf("counters %+v", c)
 	}
 }
+
+// Per-peer counters: counted on both sides, kept across table updates while
+// the peer stays the same, reset when its address changes.
+func TestForwardPeerTraffic(t *testing.T) {
+	checkLeaks(t)
+	a, b, _ := twoNodes(t, transports[0])
+	for i := range 3 {
+		pkt := tuntest.IPv4UDP(hostA, hostB, bytes.Repeat([]byte{1}, 100+i))
+		a.dev.Inject(pkt)
+		receive(t, b.dev)
+	}
+	peerA := tunnel.Peer{Subnet: subnetA, Addr: a.conn.LocalAddr().Addr()}
+	want := uint64(3*128 + 3) // 3 packets of 28 + 100..102 bytes
+	check := func(what string, got []tunnel.PeerTraffic, tx, rx uint64) {
+		t.Helper()
+		if len(got) != 1 || got[0].TxPackets != tx || got[0].RxPackets != rx {
+			t.Errorf("%s: %+v, want tx %d rx %d packets", what, got, tx, rx)
+		}
+	}
+	eventually(t, "b's count of A", func() bool {
+		pt := b.fwd.PeerTraffic()
+		return len(pt) == 1 && pt[0].RxPackets == 3
+	})
+	check("A's view of B", a.fwd.PeerTraffic(), 3, 0)
+	check("B's view of A", b.fwd.PeerTraffic(), 0, 3)
+	if pt := b.fwd.PeerTraffic(); pt[0].RxBytes != want || pt[0].Peer != peerA {
+		t.Errorf("B's view of A: %+v, want %d bytes from %v", pt[0], want, peerA)
+	}
+
+	// A new peer joins: A's counters survive the rebuild.
+	other := tunnel.Peer{Subnet: netip.MustParsePrefix("198.19.3.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}
+	b.fwd.UpdatePeers(subnetB, []tunnel.Peer{peerA, other})
+	pt := b.fwd.PeerTraffic()
+	if len(pt) != 2 || pt[0].RxPackets != 3 || pt[1].RxPackets != 0 {
+		t.Errorf("after a peer joined: %+v", pt)
+	}
+	// A's subnet moves to another address: a new peer, fresh counters.
+	b.fwd.UpdatePeers(subnetB, []tunnel.Peer{{Subnet: subnetA, Addr: netip.MustParseAddr("198.18.0.9")}})
+	check("after A's address changed", b.fwd.PeerTraffic(), 0, 0)
+}

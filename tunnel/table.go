@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 )
 
 // Peer is one remote node: packets for Subnet go to Addr (the lease's
@@ -29,12 +30,33 @@ type Table struct {
 	// SubnetLen, so in practice there is a single level.
 	levels []tableLevel
 	peers  []Peer
+	stats  map[netip.Prefix]*peerEntry
 }
 
 type tableLevel struct {
 	bits  int
 	mask  uint32
-	peers map[uint32]netip.Addr
+	peers map[uint32]*peerEntry
+}
+
+// peerEntry is one peer in a table: where to send, and its counters.
+type peerEntry struct {
+	addr   netip.Addr
+	subnet netip.Prefix
+	stats  *PeerStats
+}
+
+// PeerStats counts one peer's traffic. The data path adds with atomics (tx
+// once per batch run, rx once per packet); a peer keeps its counters across
+// table rebuilds for as long as its subnet and address stay the same.
+type PeerStats struct {
+	TxPackets, TxBytes, RxPackets, RxBytes atomic.Uint64
+}
+
+// PeerTraffic is a snapshot of one peer and its counters.
+type PeerTraffic struct {
+	Peer
+	TxPackets, TxBytes, RxPackets, RxBytes uint64
 }
 
 // NewTable builds a table for a node that owns local and talks to peers.
@@ -42,6 +64,14 @@ type tableLevel struct {
 // skipped. Subnets are masked; when two entries name the same subnet the
 // later one wins.
 func NewTable(local netip.Prefix, peers []Peer) *Table {
+	return (*Table)(nil).Next(local, peers)
+}
+
+// Next builds the table that follows t: like NewTable, but peers that are
+// in t with the same subnet and address keep their traffic counters. The
+// control plane calls it off the hot path; t is not changed.
+func (t *Table) Next(local netip.Prefix, peers []Peer) *Table {
+	prev := t
 	local = local.Masked()
 	bySubnet := make(map[netip.Prefix]netip.Addr, len(peers))
 	for _, p := range peers {
@@ -52,20 +82,25 @@ func NewTable(local netip.Prefix, peers []Peer) *Table {
 		bySubnet[p.Subnet.Masked()] = addr
 	}
 
-	t := &Table{peers: make([]Peer, 0, len(bySubnet))}
+	t = &Table{peers: make([]Peer, 0, len(bySubnet)), stats: make(map[netip.Prefix]*peerEntry, len(bySubnet))}
 	if local.IsValid() && local.Addr().Is4() {
 		t.local = local
 		t.localKey = addrKey(local.Addr().As4())
 		t.localMask = prefixMask(local.Bits())
 	}
-	levels := map[int]map[uint32]netip.Addr{}
+	levels := map[int]map[uint32]*peerEntry{}
 	for subnet, addr := range bySubnet {
 		t.peers = append(t.peers, Peer{Subnet: subnet, Addr: addr})
+		e := &peerEntry{addr: addr, subnet: subnet, stats: &PeerStats{}}
+		if old := prev.entry(subnet); old != nil && old.addr == addr {
+			e.stats = old.stats
+		}
+		t.stats[subnet] = e
 		bits := subnet.Bits()
 		if levels[bits] == nil {
-			levels[bits] = map[uint32]netip.Addr{}
+			levels[bits] = map[uint32]*peerEntry{}
 		}
-		levels[bits][addrKey(subnet.Addr().As4())] = addr
+		levels[bits][addrKey(subnet.Addr().As4())] = e
 	}
 	slices.SortFunc(t.peers, func(a, b Peer) int {
 		if c := a.Subnet.Addr().Compare(b.Subnet.Addr()); c != 0 {
@@ -84,16 +119,44 @@ func NewTable(local netip.Prefix, peers []Peer) *Table {
 // Lookup returns the peer address for the IPv4 destination dst. It does
 // not allocate.
 func (t *Table) Lookup(dst [4]byte) (netip.Addr, bool) {
+	if e := t.lookup(dst); e != nil {
+		return e.addr, true
+	}
+	return netip.Addr{}, false
+}
+
+func (t *Table) lookup(dst [4]byte) *peerEntry {
 	if t == nil {
-		return netip.Addr{}, false
+		return nil
 	}
 	key := addrKey(dst)
 	for i := range t.levels {
-		if addr, ok := t.levels[i].peers[key&t.levels[i].mask]; ok {
-			return addr, true
+		if e, ok := t.levels[i].peers[key&t.levels[i].mask]; ok {
+			return e
 		}
 	}
-	return netip.Addr{}, false
+	return nil
+}
+
+func (t *Table) entry(subnet netip.Prefix) *peerEntry {
+	if t == nil {
+		return nil
+	}
+	return t.stats[subnet]
+}
+
+// Traffic returns every peer with its counters, sorted by subnet.
+func (t *Table) Traffic() []PeerTraffic {
+	if t == nil {
+		return nil
+	}
+	out := make([]PeerTraffic, 0, len(t.peers))
+	for _, p := range t.peers {
+		s := t.stats[p.Subnet].stats
+		out = append(out, PeerTraffic{Peer: p, TxPackets: s.TxPackets.Load(), TxBytes: s.TxBytes.Load(),
+			RxPackets: s.RxPackets.Load(), RxBytes: s.RxBytes.Load()})
+	}
+	return out
 }
 
 // Local returns this node's subnet (invalid if the table has none).
@@ -150,23 +213,30 @@ func (c SourceCheck) String() string {
 // device address too) and, per check, its source must belong to the peer
 // that sent it. pkt must have passed ValidateIPv4. It does not allocate.
 func (t *Table) Accept(outer netip.Addr, pkt []byte, check SourceCheck) DropReason {
+	_, r := t.accept(outer, pkt, check)
+	return r
+}
+
+// accept is Accept that also returns the sending peer's entry, when the
+// check looked it up (not with SourceOff).
+func (t *Table) accept(outer netip.Addr, pkt []byte, check SourceCheck) (*peerEntry, DropReason) {
 	if t == nil || !t.local.IsValid() {
-		return DropNotLocal
+		return nil, DropNotLocal
 	}
 	if addrKey([4]byte(pkt[16:20]))&t.localMask != t.localKey {
-		return DropNotLocal
+		return nil, DropNotLocal
 	}
 	if check == SourceOff {
-		return DropNone
+		return nil, DropNone
 	}
-	owner, ok := t.Lookup([4]byte(pkt[12:16]))
-	if !ok {
-		return DropUnknownSource
+	owner := t.lookup([4]byte(pkt[12:16]))
+	if owner == nil {
+		return nil, DropUnknownSource
 	}
-	if check == SourceStrict && owner != outer.Unmap() {
-		return DropSpoofedSource
+	if check == SourceStrict && owner.addr != outer.Unmap() {
+		return nil, DropSpoofedSource
 	}
-	return DropNone
+	return owner, DropNone
 }
 
 // Len returns the number of peers.

@@ -107,7 +107,7 @@ func ParseIperf3(b []byte) (Iperf3, error) {
 	return r, nil
 }
 
-var pingTimeRe = regexp.MustCompile(`icmp_seq=\d+ .*time[=<]([\d.]+) ms`)
+var pingTimeRe = regexp.MustCompile(`seq=\d+ .*time[=<]([\d.]+) ms`)
 
 // ParsePingRTTs returns the round-trip time of every echo reply line of
 // iputils or busybox ping output ("... icmp_seq=7 ttl=64 time=0.061 ms"),

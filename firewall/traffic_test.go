@@ -1,0 +1,211 @@
+package firewall
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Addresses of the traffic test. Overlay 198.19.0.0/16: this node's subnet
+// 198.19.7.0/24 on bridge pod0, a pod at .2 behind it, and a "remote pod"
+// 198.19.9.5 reached over the underlay (standing in for udp0). Underlay:
+// node 198.18.0.1, outside host 198.18.0.2.
+var (
+	nodeBridge = netip.MustParseAddr("198.19.7.1")
+	podAddr    = netip.MustParseAddr("198.19.7.2")
+	remotePod  = netip.MustParseAddr("198.19.9.5")
+	nodeOut    = netip.MustParseAddr("198.18.0.1")
+	outsideIP  = netip.MustParseAddr("198.18.0.2")
+)
+
+// topology builds pod ⇄ node ⇄ outside and returns the three namespaces.
+func topology(t *testing.T) (pod, node, outside *testNS) {
+	t.Helper()
+	pod, node, outside = newTestNS(t, "pod"), newTestNS(t, "node"), newTestNS(t, "out")
+
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "pod0"}}
+	if err := node.h.LinkAdd(br); err != nil {
+		t.Fatalf("add bridge pod0: %v", err)
+	}
+	node.up(t, "pod0")
+	node.addr(t, "pod0", "198.19.7.1/24")
+	node.veth(t, "vpod", pod, "eth0")
+	if err := node.h.LinkSetMaster(node.link(t, "vpod"), node.link(t, "pod0")); err != nil {
+		t.Fatalf("enslave vpod to pod0: %v", err)
+	}
+	pod.addr(t, "eth0", "198.19.7.2/24")
+	pod.route(t, "default", "198.19.7.1")
+
+	node.veth(t, "up0", outside, "up0")
+	node.addr(t, "up0", "198.18.0.1/24")
+	outside.addr(t, "up0", "198.18.0.2/24")
+	outside.addr(t, "up0", "198.19.9.5/32")
+	// The overlay route, and the way back to this node's pods for traffic
+	// that keeps its pod source.
+	node.route(t, "198.19.9.0/24", "198.18.0.2")
+	outside.route(t, "198.19.7.0/24", "198.18.0.1")
+
+	node.sysctl(t, "/proc/sys/net/ipv4/ip_forward", "1")
+	return pod, node, outside
+}
+
+// probe sends one UDP datagram and opens one TCP connection from src (in
+// ns from; src invalid = any) to dst (in ns to), returning the source
+// address the receiver saw for each. mark, if non-zero, is set on the
+// sending sockets (SO_MARK).
+func probe(t *testing.T, from *testNS, src netip.Addr, mark int, to *testNS, dst netip.Addr) (udpSrc, tcpSrc netip.Addr) {
+	t.Helper()
+	var uc *net.UDPConn
+	var ln *net.TCPListener
+	err := to.do(func() error {
+		var err error
+		if uc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: dst.AsSlice()}); err != nil {
+			return err
+		}
+		ln, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: dst.AsSlice()})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listen on %s in %s: %v", dst, to.name, err)
+	}
+	defer uc.Close()
+	defer ln.Close()
+
+	d := net.Dialer{Timeout: 3 * time.Second}
+	if src.IsValid() {
+		d.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+	}
+	if mark != 0 {
+		d.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			if err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mark) }); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
+	payload := []byte(fmt.Sprintf("weft-probe-%d", nsCounter.Add(1)))
+
+	// UDP: one datagram; the receiver reports its source.
+	var udpErr error
+	err = from.do(func() error {
+		ud := d
+		if src.IsValid() {
+			ud.LocalAddr = &net.UDPAddr{IP: src.AsSlice()}
+		}
+		c, err := ud.Dial("udp4", uc.LocalAddr().String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, udpErr = c.Write(payload)
+		return nil
+	})
+	if err != nil || udpErr != nil {
+		t.Fatalf("UDP send %s → %s: %v %v", src, dst, err, udpErr)
+	}
+	buf := make([]byte, 256)
+	if err := uc.SetReadDeadline(time.Now().Add(3 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n, a, err := uc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("UDP %s → %s: nothing received: %v", src, dst, err)
+		}
+		if bytes.Equal(buf[:n], payload) {
+			udpSrc = a.Addr().Unmap()
+			break
+		}
+	}
+
+	// TCP: a full handshake, so the reply path works too.
+	accepted := make(chan netip.Addr, 1)
+	go func() {
+		if err := ln.SetDeadline(time.Now().Add(3 * time.Second)); err != nil {
+			accepted <- netip.Addr{}
+			return
+		}
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			accepted <- netip.Addr{}
+			return
+		}
+		defer c.Close()
+		accepted <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
+	}()
+	var conn net.Conn
+	err = from.do(func() error {
+		var err error
+		conn, err = d.DialContext(context.Background(), "tcp4", ln.Addr().String())
+		return err
+	})
+	if err != nil {
+		t.Fatalf("TCP connect %s → %s: %v", src, dst, err)
+	}
+	conn.Close()
+	tcpSrc = <-accepted
+	if !tcpSrc.IsValid() {
+		t.Fatalf("TCP %s → %s: the listener accepted nothing", src, dst)
+	}
+	return udpSrc, tcpSrc
+}
+
+func TestMasqueradeTraffic(t *testing.T) {
+	skipUnlessRoot(t)
+	hostForward, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		now, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+		if err != nil || !bytes.Equal(now, hostForward) {
+			t.Errorf("the test's own ip_forward changed: %q → %q (%v)", hostForward, now, err)
+		}
+	}()
+	pod, node, outside := topology(t)
+
+	expect := func(what string, from *testNS, src netip.Addr, mark int, to *testNS, dst, want netip.Addr) {
+		t.Helper()
+		u, c := probe(t, from, src, mark, to, dst)
+		if u != want || c != want {
+			t.Errorf("%s: receiver saw UDP from %s, TCP from %s; want %s", what, u, c, want)
+		}
+	}
+
+	// Without weft's rules nothing is translated: the rules, not the
+	// topology, do what the checks below see.
+	expect("no rules: pod → outside", pod, netip.Addr{}, 0, outside, outsideIP, podAddr)
+
+	r := Rules{
+		Network:     netip.MustParsePrefix("198.19.0.0/16"),
+		Subnet:      netip.MustParsePrefix("198.19.7.0/24"),
+		Masquerade:  true,
+		FullyRandom: true,
+		Forward:     true,
+	}
+	if _, err := Apply(node.nft, r); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+
+	expect("pod → outside (forwarded)", pod, netip.Addr{}, 0, outside, outsideIP, nodeOut)
+	expect("node's pod address → outside (local)", node, nodeBridge, 0, outside, outsideIP, nodeOut)
+	expect("pod → remote pod (stays in the overlay)", pod, netip.Addr{}, 0, outside, remotePod, podAddr)
+	expect("kube-proxy-marked → outside (left to kube-proxy)", node, nodeBridge, int(KubeProxyMark|0x1), outside, outsideIP, nodeBridge)
+
+	// Without masquerading (forward rules only), the pod's source is kept.
+	r.Masquerade = false
+	if _, err := Apply(node.nft, r); err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	expect("masquerade off: pod → outside", pod, netip.Addr{}, 0, outside, outsideIP, podAddr)
+}

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables"
+
+	"github.com/weft-net/weft/firewall"
+)
+
+// checkFirewallFlags validates -iptables-resync before anything is leased.
+func (o *options) checkFirewallFlags() error {
+	if (o.ipMasq || o.iptablesForwardRules) && o.iptablesResync < 1 {
+		return fmt.Errorf("-iptables-resync=%d: must be at least 1 second", o.iptablesResync)
+	}
+	return nil
+}
+
+// startFirewall installs the -ip-masq and -iptables-forward-rules rules and
+// spawns their resync. As flanneld, the rules go in before subnet.env is
+// written, and they stay when weft stops (flanneld never removes its rules
+// either): pods keep their egress across a restart. With both flags off, a
+// table an earlier run left is removed.
+func (d *node) startFirewall(network, lease netip.Prefix, spawn func(string, func(context.Context) error)) error {
+	o := d.opts
+	conn, err := nftables.New() // this process's namespace, a socket per call
+	if err != nil {
+		return fmt.Errorf("open nftables: %w", err)
+	}
+	k := &firewallKeeper{conn: conn, log: d.log, interval: time.Duration(o.iptablesResync) * time.Second,
+		rules: firewall.Rules{Network: network, Subnet: lease, Masquerade: o.ipMasq,
+			FullyRandom: !o.ipMasqFullyRandomDisable, Forward: o.iptablesForwardRules}}
+	if !o.ipMasq && !o.iptablesForwardRules {
+		if removed, err := firewall.Apply(conn, k.rules); err != nil {
+			d.log.Debug("look for an earlier run's nftables table", "err", err)
+		} else if removed {
+			d.log.Info("removed the nftables table an earlier run left: -ip-masq and -iptables-forward-rules are off",
+				"table", "ip "+firewall.TableName)
+		}
+		return nil
+	}
+	if err := k.apply(true); err != nil && o.ipMasq {
+		// Without masquerading pods lose the outside world: stop, as
+		// flanneld does. Forward rules alone (the default) only warn and
+		// keep retrying, as flanneld does.
+		return err
+	}
+	spawn("firewall", k.run)
+	return nil
+}
+
+// firewallKeeper keeps weft's nftables table as the flags say.
+type firewallKeeper struct {
+	conn     *nftables.Conn
+	rules    firewall.Rules
+	interval time.Duration
+	log      *slog.Logger
+	lastErr  string // logged once per change
+}
+
+// run re-applies every -iptables-resync seconds and on SIGHUP, so an
+// operator's `nft flush ruleset` heals by itself.
+func (k *firewallKeeper) run(ctx context.Context) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	t := time.NewTicker(k.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		case <-hup:
+		}
+		_ = k.apply(false) // logged inside; the next tick retries
+	}
+}
+
+func (k *firewallKeeper) apply(first bool) error {
+	r := k.rules
+	changed, err := firewall.Apply(k.conn, r)
+	if err != nil {
+		if errors.Is(err, firewall.ErrUnavailable) {
+			err = fmt.Errorf("%w; or run without -ip-masq and with -iptables-forward-rules=false", err)
+		}
+		err = fmt.Errorf("nftables rules for -ip-masq=%t -iptables-forward-rules=%t: %w", r.Masquerade, r.Forward, err)
+		if msg := err.Error(); msg != k.lastErr {
+			k.lastErr = msg
+			k.log.Warn("cannot apply nftables rules; retrying", "every", k.interval, "err", err)
+		}
+		return err
+	}
+	attrs := []any{"table", "ip " + firewall.TableName, "masquerade", r.Masquerade, "forward", r.Forward,
+		"network", r.Network, "subnet", r.Subnet}
+	switch {
+	case first && changed:
+		k.log.Info("installed nftables rules", attrs...)
+	case first:
+		k.log.Info("nftables rules already in place", attrs...)
+	case k.lastErr != "":
+		k.log.Info("nftables rules applied again", attrs...)
+	case changed:
+		k.log.Info("repaired nftables rules changed or removed outside weft", attrs...)
+	}
+	k.lastErr = ""
+	return nil
+}
