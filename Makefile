@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 FUZZTIME ?= 100000x
 PREFIX   ?= /usr/local
 
-.PHONY: all build demo test check unit fuzz microbench clean install
+.PHONY: all build demo soak test check unit fuzz microbench clean install
 
 all: build
 
@@ -30,6 +30,13 @@ bench: build
 	@command -v ping >/dev/null || { echo "bench needs ping: apt-get install -y iputils-ping"; exit 1; }
 	@[ "$$(id -u)" = 0 ] || { echo "bench needs root (network namespaces): sudo make bench"; exit 1; }
 	./bin/weftlab bench -weft ./bin/weft -seconds $${BENCH_SECONDS:-10} -rounds $${BENCH_ROUNDS:-3} -out bench/results
+
+# Soak (not part of test): 3 nodes under a TCP stream, pings and lease churn
+# for SOAK_DURATION (default 10m); writes bench/results/soak.md.
+soak: build
+	@command -v ping >/dev/null || { echo "soak needs ping: apt-get install -y iputils-ping"; exit 1; }
+	@[ "$$(id -u)" = 0 ] || { echo "soak needs root (network namespaces): sudo make soak"; exit 1; }
+	./bin/weftlab soak -weft ./bin/weft -duration $${SOAK_DURATION:-10m}
 
 test: check unit fuzz
 

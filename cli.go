@@ -55,6 +55,7 @@ type options struct {
 	statusSocket string
 	logFormat    string
 	peerMetrics  bool
+	offload      bool
 }
 
 func (o *options) etcdFlags(fs *pflag.FlagSet) {
@@ -86,6 +87,7 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.mtu, "mtu", 0, "TUN MTU (0: the interface's MTU minus 28)")
 	fs.StringVar(&o.statusSocket, "status-socket", defaultStatusSocket, "unix socket the weft status command asks (empty: none)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	fs.BoolVar(&o.offload, "offload", true, "use kernel offloads on the data path (UDP GSO/GRO, TUN TSO and checksums) where the kernel has them; false is the plain path")
 	fs.BoolVar(&o.peerMetrics, "peer-metrics", false, "export per-peer traffic counters on /metrics (one series per node: mind the cardinality)")
 	fs.StringVar(&o.sourceCheck, "source-check", "strict", "which datagrams to accept: strict (from the PublicIP of the lease holding the inner source), nat (inner source in any lease, for peers behind NAT), off (any, as flanneld)")
 }

@@ -171,7 +171,7 @@ func (d *node) run(ctx context.Context) error {
 	// Bind before leasing: a busy port must not cost a 24 h lease
 	// (flanneld leaks one that way).
 	laddr := netip.AddrPortFrom(d.iface.Addr, uint16(cfg.BackendPort))
-	conn, err := tunnel.ListenUDP(laddr)
+	conn, err := tunnel.ListenUDPConfig(tunnel.UDPConfig{Addr: laddr, GSO: o.offload, GRO: o.offload, Logger: d.log})
 	if err != nil {
 		if errors.Is(err, unix.EADDRINUSE) {
 			return fmt.Errorf("UDP %s is already in use: is flanneld or another weft running on this node? Stop it first: %w", laddr, err)

@@ -26,6 +26,8 @@ var importRules = []struct {
 	{pkg: "/subnet", onlyStd: []string{}},
 	{pkg: "/subnet/subnettest", onlyStd: []string{module + "/subnet"}, direct: true},
 	{pkg: "/etcd", forbidden: []string{module + "/tunnel", module + "/route", module + "/bench", "github.com/vishvananda/", "github.com/spf13/"}},
+	{pkg: "/firewall", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/route", module + "/bench",
+		"go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/", "github.com/coreos/"}},
 	{pkg: "/route", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/bench", "go.etcd.io/", "github.com/spf13/"}},
 }
 

@@ -30,19 +30,23 @@ func (o *options) checkFirewallFlags() error {
 // either): pods keep their egress across a restart. With both flags off, a
 // table an earlier run left is removed.
 func (d *node) startFirewall(network, lease netip.Prefix, spawn func(string, func(context.Context) error)) error {
-	o := d.opts
 	conn, err := nftables.New() // this process's namespace, a socket per call
 	if err != nil {
 		return fmt.Errorf("open nftables: %w", err)
 	}
-	k := &firewallKeeper{conn: conn, log: d.log, interval: time.Duration(o.iptablesResync) * time.Second,
+	return startFirewallOn(conn, d.opts, d.log, network, lease, spawn)
+}
+
+func startFirewallOn(conn *nftables.Conn, o *options, log *slog.Logger, network, lease netip.Prefix,
+	spawn func(string, func(context.Context) error)) error {
+	k := &firewallKeeper{conn: conn, log: log, interval: time.Duration(o.iptablesResync) * time.Second,
 		rules: firewall.Rules{Network: network, Subnet: lease, Masquerade: o.ipMasq,
 			FullyRandom: !o.ipMasqFullyRandomDisable, Forward: o.iptablesForwardRules}}
 	if !o.ipMasq && !o.iptablesForwardRules {
 		if removed, err := firewall.Apply(conn, k.rules); err != nil {
-			d.log.Debug("look for an earlier run's nftables table", "err", err)
+			log.Debug("look for an earlier run's nftables table", "err", err)
 		} else if removed {
-			d.log.Info("removed the nftables table an earlier run left: -ip-masq and -iptables-forward-rules are off",
+			log.Info("removed the nftables table an earlier run left: -ip-masq and -iptables-forward-rules are off",
 				"table", "ip "+firewall.TableName)
 		}
 		return nil

@@ -81,7 +81,8 @@ type chainSpec struct {
 // whole table in one atomic transaction, so there is no moment without the
 // rules. Nothing is written when the table already matches, so Apply is
 // cheap to call on a timer. With neither Masquerade nor Forward the table is
-// removed. changed reports whether the kernel was written.
+// removed. changed reports whether the kernel was written. Apply flushes
+// conn's command queue: queue nothing else on it.
 func Apply(conn *nftables.Conn, r Rules) (changed bool, err error) {
 	want, err := r.desired()
 	if err != nil {

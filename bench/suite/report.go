@@ -169,7 +169,9 @@ func WriteReport(w io.Writer, res *Results) error {
 	}
 
 	b.WriteString("## Summary\n\n")
-	fmt.Fprintf(&b, "Median over %d round(s). In brackets: the path ÷ kernel VXLAN **from the same round**, median and range over the rounds. ↑ higher is better, ↓ lower is better. CPU per GB counts the bytes of the single-stream TCP test; \"all CPU\" is every busy CPU second on the machine (iperf3 on both ends included), softirq is the kernel's packet processing, daemon is the tunnel process (none for the kernel paths). Counters are summed over both nodes.\n\n", st.Rounds)
+	fmt.Fprintf(&b, "Median over %d round(s). In brackets: the path ÷ kernel VXLAN **from the same round**, median and range (min–max) over the rounds. ↑ higher is better, ↓ lower is better. "+
+		"CPU per GB: CPU seconds during the single-stream TCP test ÷ the GB its sender moved (the omitted first second included); \"all CPU\" is every busy CPU on the machine (iperf3 at both ends, kernel, daemons), softirq the kernel's packet processing, daemon the tunnel processes' utime+stime (none on the kernel paths). "+
+		"Counters (retransmits, drops) are totals over a round's tests, both nodes, median over rounds, without ratios. –: does not apply, or failed (see \"Every run\").\n\n", st.Rounds)
 	b.WriteString(SummaryTable(res))
 	b.WriteString("\n![weft, host-gw and bare veth relative to kernel VXLAN](" + ChartFile + ")\n\n")
 

@@ -40,14 +40,15 @@ func WriteChart(w io.Writer, res *Results) error {
 	t := titles(res)
 	var b strings.Builder
 	top := 84.0
-	h := top + 2*(panelPlotH+panelGapH) + 10
+	h := top + 2*(panelPlotH+panelGapH) + 4
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%.0f" viewBox="0 0 %d %.0f" font-family="Helvetica, Arial, sans-serif">`+"\n",
 		chartW, h, chartW, h)
 	fmt.Fprintf(&b, `<rect x="0" y="0" width="%d" height="%.0f" fill="#ffffff"/>`+"\n", chartW, h)
 	text(&b, marginL, 24, 17, "start", "bold", "#000", "weft vs kernel VXLAN, host-gw and bare veth (kernel VXLAN = 1.0, median of "+
 		fmt.Sprint(res.Settings.Rounds)+" round(s))")
-	text(&b, marginL, 44, 12, "start", "normal", "#444", fmt.Sprintf("%s, %d CPUs, Linux %s, veth MTU %d; %s",
-		res.Machine.CPU, res.Machine.CPUs, res.Machine.Kernel, res.Settings.UnderlayMTU, res.Started.Format("2006-01-02")))
+	text(&b, marginL, 44, 12, "start", "normal", "#444", fmt.Sprintf("%s; %s, %d CPUs, Linux %s, veth MTU %d; %d s per test; %s",
+		res.Machine.Weft, res.Machine.CPU, res.Machine.CPUs, res.Machine.Kernel, res.Settings.UnderlayMTU, res.Settings.Seconds,
+		res.Started.Format("2006-01-02")))
 	// Legend.
 	x := float64(marginL)
 	for i, p := range res.Paths {
@@ -64,6 +65,8 @@ func WriteChart(w io.Writer, res *Results) error {
 	if err := panel(&b, res, down, y, "lower is better"); err != nil {
 		return err
 	}
+	text(&b, marginL, h-14, 11, "start", "normal", "#555", fmt.Sprintf(
+		"Each bar: the path ÷ kernel VXLAN of the same round, median over rounds. ▲: cut at %g×, value printed. Numbers, ranges and method: report.md", maxRatio))
 	b.WriteString("</svg>\n")
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -57,6 +57,8 @@ func main() {
 		code = runUp(args, os.Stdout)
 	case "bench":
 		code = runBench(args, os.Stdout)
+	case "soak":
+		code = runSoak(args, os.Stdout)
 	case "cleanup":
 		code = runCleanup(os.Stdout)
 	case "-h", "-help", "--help", "help":

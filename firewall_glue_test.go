@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/firewall"
+)
+
+var fwNSCounter atomic.Int64
+
+// fwTestConn returns an nftables conn into a fresh network namespace that
+// is deleted when the test ends.
+func fwTestConn(t *testing.T) *nftables.Conn {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root (CAP_NET_ADMIN) to create a network namespace and nftables tables; run go test as root")
+	}
+	name := fmt.Sprintf("weft-fwglue-%d-%d", os.Getpid(), fwNSCounter.Add(1))
+	type result struct {
+		ns  netns.NsHandle
+		err error
+	}
+	ch := make(chan result)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread is discarded
+		ns, err := netns.NewNamed(name)
+		ch <- result{ns, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatalf("create netns %s: %v", name, r.err)
+	}
+	t.Cleanup(func() {
+		r.ns.Close()
+		if err := netns.DeleteNamed(name); err != nil {
+			t.Errorf("delete netns %s: %v", name, err)
+		}
+	})
+	conn, err := nftables.New(nftables.WithNetNSFd(int(r.ns)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var (
+	fwNetwork = netip.MustParsePrefix("198.19.0.0/16")
+	fwLease   = netip.MustParsePrefix("198.19.7.0/24")
+)
+
+func weftRuleCount(t *testing.T, conn *nftables.Conn) int {
+	t.Helper()
+	tbl := &nftables.Table{Name: firewall.TableName, Family: nftables.TableFamilyIPv4}
+	n := 0
+	for _, c := range []string{firewall.PostroutingChain, firewall.ForwardChain} {
+		rules, err := conn.GetRules(tbl, &nftables.Chain{Name: c, Table: tbl})
+		if err == nil {
+			n += len(rules)
+		}
+	}
+	return n
+}
+
+// The daemon's loop repairs an outside flush within -iptables-resync and
+// leaves the rules in place when it stops, as flanneld does.
+func TestFirewallKeeperRepairsAndKeepsRulesOnStop(t *testing.T) {
+	conn := fwTestConn(t)
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	o := &options{ipMasq: true, iptablesForwardRules: true, iptablesResync: 1}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	var spawned []string
+	spawn := func(name string, fn func(context.Context) error) {
+		spawned = append(spawned, name)
+		go func() { done <- fn(ctx) }()
+	}
+	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn); err != nil {
+		t.Fatalf("startFirewallOn: %v", err)
+	}
+	if len(spawned) != 1 {
+		t.Fatalf("spawned %v, want the firewall loop", spawned)
+	}
+	if n := weftRuleCount(t, conn); n != 8 {
+		t.Fatalf("after start: %d rules, want 6 masquerade + 2 forward", n)
+	}
+	if !strings.Contains(logs.String(), "installed nftables rules") {
+		t.Errorf("no install log line:\n%s", logs.String())
+	}
+
+	conn.FlushTable(&nftables.Table{Name: firewall.TableName, Family: nftables.TableFamilyIPv4})
+	if err := conn.Flush(); err != nil {
+		t.Fatalf("flush table: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for weftRuleCount(t, conn) != 8 {
+		if time.Now().After(deadline) {
+			t.Fatalf("rules not repaired within 5 s (-iptables-resync=1)")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for !strings.Contains(logs.String(), "repaired nftables rules") {
+		if time.Now().After(deadline) {
+			t.Fatalf("repair not logged:\n%s", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("firewall loop returned %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("firewall loop did not stop")
+	}
+	if n := weftRuleCount(t, conn); n != 8 {
+		t.Errorf("after stop: %d rules, want all 8 kept", n)
+	}
+}
+
+// With both flags off, a table an earlier run left goes, and nothing runs.
+func TestFirewallOffRemovesLeftover(t *testing.T) {
+	conn := fwTestConn(t)
+	if _, err := firewall.Apply(conn, firewall.Rules{Network: fwNetwork, Subnet: fwLease, Masquerade: true}); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	o := &options{ipMasq: false, iptablesForwardRules: false, iptablesResync: 5}
+	spawn := func(name string, _ func(context.Context) error) { t.Errorf("spawned %s with both flags off", name) }
+	if err := startFirewallOn(conn, o, slog.New(slog.NewTextHandler(&logs, nil)), fwNetwork, fwLease, spawn); err != nil {
+		t.Fatal(err)
+	}
+	if n := weftRuleCount(t, conn); n != 0 {
+		t.Errorf("%d rules left, want the table removed", n)
+	}
+	if !strings.Contains(logs.String(), "removed the nftables table an earlier run left") {
+		t.Errorf("removal not logged:\n%s", logs.String())
+	}
+}
+
+// A failure is fatal with -ip-masq (pods would lose the outside world) and
+// a retried warning for the forward rules alone (the default), as flanneld.
+func TestFirewallFailurePolicy(t *testing.T) {
+	conn, err := nftables.New() // never used: invalid rules fail before any netlink call
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := netip.Prefix{}
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	spawned := 0
+	spawn := func(string, func(context.Context) error) { spawned++ }
+
+	err = startFirewallOn(conn, &options{ipMasq: true, iptablesForwardRules: true, iptablesResync: 5}, log, bad, fwLease, spawn)
+	if err == nil || !strings.Contains(err.Error(), "-ip-masq=true") || spawned != 0 {
+		t.Errorf("with -ip-masq: err %v, spawned %d; want a fatal error naming the flags", err, spawned)
+	}
+	err = startFirewallOn(conn, &options{iptablesForwardRules: true, iptablesResync: 5}, log, bad, fwLease, spawn)
+	if err != nil || spawned != 1 {
+		t.Errorf("forward rules only: err %v, spawned %d; want no error and the retry loop", err, spawned)
+	}
+	if got := strings.Count(logs.String(), "cannot apply nftables rules"); got != 2 {
+		t.Errorf("%d warnings, want one per failing start:\n%s", got, logs.String())
+	}
+}
+
+func TestFirewallFlags(t *testing.T) {
+	for _, tc := range []struct {
+		o      options
+		errors bool
+	}{
+		{options{ipMasq: true, iptablesResync: 0}, true},
+		{options{iptablesForwardRules: true, iptablesResync: -1}, true},
+		{options{ipMasq: true, iptablesForwardRules: true, iptablesResync: 1}, false},
+		{options{iptablesResync: 0}, false}, // unused when both are off
+	} {
+		if err := tc.o.checkFirewallFlags(); (err != nil) != tc.errors {
+			t.Errorf("%+v: %v", tc.o, err)
+		}
+	}
+	// flanneld's spelling parses, and the forward rules default to on.
+	root := newRootCommand(&bytes.Buffer{}, &bytes.Buffer{})
+	if err := root.ParseFlags(normalizeArgs(root, []string{"-ip-masq", "-ip-masq-fully-random-disable", "-iptables-resync=7"})); err != nil {
+		t.Fatal(err)
+	}
+	fs := root.Flags()
+	masq, _ := fs.GetBool("ip-masq")
+	noRandom, _ := fs.GetBool("ip-masq-fully-random-disable")
+	fwd, _ := fs.GetBool("iptables-forward-rules")
+	resync, _ := fs.GetInt("iptables-resync")
+	if !masq || !noRandom || !fwd || resync != 7 {
+		t.Errorf("parsed ip-masq=%t ip-masq-fully-random-disable=%t iptables-forward-rules=%t iptables-resync=%d",
+			masq, noRandom, fwd, resync)
+	}
+}

@@ -1,0 +1,135 @@
+package tunnel
+
+import (
+	"bytes"
+	"encoding/binary"
+)
+
+// Coalescing on the way into the TUN: consecutive TCPv4 segments of one
+// flow become one super-packet written with a GSO virtio-net header, so the
+// receiving socket sees one large skb, as behind kernel VXLAN with GRO.
+//
+// Only consecutive packets are merged. Merging across interleaved flows
+// would reorder the batch, and Device.Write reports a refused packet by its
+// index with everything before it written: a reordered batch could not say
+// that. Senders emit TSO bursts back to back, so runs are long anyway.
+
+// maxRunSegments caps the segments in one super-packet (and the iovecs of
+// one writev); at a 1400-byte MSS the 64 KB limit comes first.
+const maxRunSegments = 64
+
+// tcpSegment is what the coalescer needs to know about a TCPv4 packet.
+type tcpSegment struct {
+	ipLen   int
+	hdrLen  int // IP + TCP header
+	payload int
+	seq     uint32
+	flags   byte
+}
+
+// parseTCPSegment reports whether pkt is a TCPv4 data segment that may be
+// part of a super-packet: one whole unfragmented packet, ACK set, no SYN,
+// FIN, RST, URG or CWR (those travel alone, as Linux GRO flushes on them),
+// a payload, and, if verify is set, valid IP header and TCP checksums.
+//
+// Verifying matters because the super-packet goes to the kernel with its
+// checksum marked partial, which the kernel trusts: a bad segment merged
+// into it would reach the socket unchecked, where a stock flanneld node's
+// kernel would have dropped it.
+func parseTCPSegment(pkt []byte, verify bool) (tcpSegment, bool) {
+	var s tcpSegment
+	if len(pkt) < 40 || pkt[0]>>4 != 4 || pkt[9] != protoTCP {
+		return s, false
+	}
+	s.ipLen = int(pkt[0]&0x0f) * 4
+	if s.ipLen < IPv4HeaderLen || len(pkt) < s.ipLen+20 ||
+		int(binary.BigEndian.Uint16(pkt[2:4])) != len(pkt) ||
+		binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 {
+		return s, false
+	}
+	tcp := pkt[s.ipLen:]
+	s.hdrLen = s.ipLen + int(tcp[12]>>4)*4
+	if s.hdrLen < s.ipLen+20 || len(pkt) <= s.hdrLen {
+		return s, false
+	}
+	s.flags = tcp[13]
+	if s.flags&(tcpSYN|tcpFIN|tcpRST|tcpURG|tcpCWR) != 0 || s.flags&tcpACK == 0 {
+		return s, false
+	}
+	s.payload = len(pkt) - s.hdrLen
+	s.seq = binary.BigEndian.Uint32(tcp[4:8])
+	if verify && (checksum(pkt[:s.ipLen], 0) != 0 ||
+		checksum(tcp, pseudoHeaderSum(pkt, protoTCP, len(tcp))) != 0) {
+		return s, false
+	}
+	return s, true
+}
+
+// canFollow reports whether q (parsed as qs) can join the run that starts
+// with first (parsed as fs) and currently ends with a segment parsed as ls,
+// the run holding total bytes (headers once, payloads). The rules are those
+// under which splitting the super-packet gives back exactly the segments:
+// headers equal but for length, ID, checksums, sequence number and PSH;
+// sequence numbers contiguous; every payload as long as the first but the
+// last, which may be shorter; PSH only on the last.
+func canFollow(first []byte, fs, ls tcpSegment, q []byte, qs tcpSegment, total int) bool {
+	if qs.ipLen != fs.ipLen || qs.hdrLen != fs.hdrLen ||
+		ls.flags&tcpPSH != 0 || ls.payload < fs.payload || qs.payload > fs.payload ||
+		total+qs.payload > maxPacket ||
+		qs.seq != ls.seq+uint32(ls.payload) ||
+		qs.flags&^tcpPSH != fs.flags&^tcpPSH {
+		return false
+	}
+	ip := fs.ipLen
+	// IPv4: version, IHL, TOS; flags, TTL, protocol; addresses and options.
+	if !bytes.Equal(first[0:2], q[0:2]) || !bytes.Equal(first[6:10], q[6:10]) ||
+		!bytes.Equal(first[12:ip], q[12:ip]) {
+		return false
+	}
+	// TCP: ports; ACK number and data offset; window; urgent pointer and
+	// options (timestamps included, as Linux GRO requires).
+	f, t := first[ip:fs.hdrLen], q[ip:qs.hdrLen]
+	return bytes.Equal(f[0:4], t[0:4]) && bytes.Equal(f[8:13], t[8:13]) &&
+		bytes.Equal(f[14:16], t[14:16]) && bytes.Equal(f[18:], t[18:])
+}
+
+// extendRun finds the run that starts with pkts[0][offset:], parsed as fs.
+// It returns the run's length n ≥ 1 and total bytes, and, if n < len(pkts),
+// the parse of pkts[n] so no packet is parsed (and verified) twice.
+func extendRun(pkts [][]byte, offset int, fs tcpSegment, verify bool) (n, total int, next tcpSegment, nextOK bool) {
+	first := pkts[0][offset:]
+	total = len(first)
+	ls := fs
+	for n = 1; n < len(pkts); n++ {
+		q := pkts[n][offset:]
+		qs, ok := parseTCPSegment(q, verify)
+		if !ok || n == maxRunSegments || !canFollow(first, fs, ls, q, qs, total) {
+			return n, total, qs, ok
+		}
+		total += qs.payload
+		ls = qs
+	}
+	return n, total, tcpSegment{}, false
+}
+
+// superHeader turns first, the first segment of a run of total bytes whose
+// last segment carries lastFlags, into the head of a TCPv4 super-packet in
+// place: IP total length and header checksum, PSH if the last segment had
+// it, and the TCP checksum field holding the pseudo-header sum, as
+// NEEDS_CSUM requires. It returns the virtio-net header to write before it.
+// The payloads of the other segments follow the header on the wire.
+func superHeader(first []byte, fs tcpSegment, lastFlags byte, total int) virtioNetHdr {
+	binary.BigEndian.PutUint16(first[2:4], uint16(total))
+	setIPv4HeaderChecksum(first, fs.ipLen)
+	tcp := first[fs.ipLen:]
+	tcp[13] |= lastFlags & tcpPSH
+	binary.BigEndian.PutUint16(tcp[16:18], uint16(foldSum(pseudoHeaderSum(first, protoTCP, total-fs.ipLen))))
+	return virtioNetHdr{
+		flags:      virtioNeedsCsum,
+		gsoType:    virtioGSOTCPv4,
+		hdrLen:     uint16(fs.hdrLen),
+		gsoSize:    uint16(fs.payload),
+		csumStart:  uint16(fs.ipLen),
+		csumOffset: 16,
+	}
+}
