@@ -91,7 +91,7 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 	}
 	defer store.Close()
 
-	d := &node{opts: o, log: log, nl: nl, store: store, iface: iface, publicIP: publicIP, margin: margin, sourceCheck: check}
+	d := &node{opts: o, log: log, nl: nl, store: store, iface: iface, publicIP: publicIP, margin: margin, sourceCheck: check, etcdBack: make(chan struct{}, 1)}
 	return d.run(ctx)
 }
 
@@ -131,6 +131,7 @@ type node struct {
 
 	sourceCheck tunnel.SourceCheck
 	publishMu   sync.Mutex
+	etcdBack    chan struct{} // the etcd connection came back up
 
 	cfg    *subnet.Config
 	fwd    *tunnel.Forwarder
@@ -139,6 +140,12 @@ type node struct {
 
 func (d *node) run(ctx context.Context) error {
 	o := d.opts
+	// Take SIGHUP from the start: its default action would kill a daemon
+	// that is still starting (systemctl reload). Before the data path runs
+	// there is nothing to reload; the signal is then only noted.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	d.health = newHealth()
 	d.health.setStatic(o.etcdEndpoints, d.sourceCheck.String(), o.peerMetrics)
 	if o.healthzPort != 0 {
@@ -284,9 +291,6 @@ func (d *node) run(ctx context.Context) error {
 			func(err error) { d.health.renewFailed(err, time.Now()) })
 	})
 	// SIGHUP re-applies everything at once, as the timer does slowly.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	spawn("route check", func(ctx context.Context) error {
 		for {
 			reload := false
@@ -432,7 +436,8 @@ func (d *node) listLeases(ctx context.Context) ([]subnet.Lease, int64, error) {
 }
 
 func (d *node) openDevice(mtu int) (tunnel.Device, error) {
-	dev, err := tunnel.OpenTUN(d.opts.tunName, mtu)
+	cfg := tunnel.TUNConfig{Name: d.opts.tunName, MTU: mtu, Offload: d.opts.offload, Logger: d.log}
+	dev, err := tunnel.OpenTUNConfig(cfg)
 	if err == nil {
 		return dev, nil
 	}
@@ -446,7 +451,7 @@ func (d *node) openDevice(mtu int) (tunnel.Device, error) {
 		if rerr := route.RemoveLink(d.nl, d.opts.tunName); rerr != nil {
 			return nil, fmt.Errorf("%w (and removing the stale device failed: %w)", err, rerr)
 		}
-		return tunnel.OpenTUN(d.opts.tunName, mtu)
+		return tunnel.OpenTUNConfig(cfg)
 	}
 	return nil, err
 }
@@ -475,6 +480,7 @@ func (d *node) watch(ctx context.Context, own netip.Prefix, initial []subnet.Lea
 		Initial:   initial,
 		Rev:       rev,
 		OnRestart: d.health.watchRestarted,
+		Retry:     d.etcdBack,
 		OnChange: func(current map[netip.Prefix]subnet.Lease, events []subnet.Event) {
 			for _, ev := range events {
 				if ev.Lease.Subnet == own && ev.Type == subnet.EventRemoved {
@@ -530,6 +536,10 @@ func (d *node) monitorEtcd(ctx context.Context, own netip.Prefix) {
 		if d.health.setEtcdUp(up) {
 			if up {
 				d.log.Info("etcd connection up", "endpoints", d.opts.etcdEndpoints)
+				select { // end a watch's backoff: etcd is back now
+				case d.etcdBack <- struct{}{}:
+				default:
+				}
 			} else {
 				d.log.Warn("etcd connection lost; forwarding with the last peer table until it returns", "endpoints", d.opts.etcdEndpoints)
 			}

@@ -10,6 +10,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/connectivity"
 	"log/slog"
 	"net"
@@ -39,8 +41,12 @@ const (
 	// Keepalive pings detect a silently dead connection (peer host gone, no
 	// RST), so a watch reconnects instead of waiting forever. etcd's default
 	// enforcement allows pings every 5 s.
-	keepaliveTime    = 30 * time.Second
-	keepaliveTimeout = 10 * time.Second
+	keepaliveTime    = 5 * time.Second
+	keepaliveTimeout = 2 * time.Second
+	// reconnectMaxDelay caps gRPC's reconnect backoff (default: up to 120 s),
+	// so changes made while etcd was away arrive within seconds of its
+	// return.
+	reconnectMaxDelay = time.Second
 	// cleanupTimeout bounds a best-effort revoke made after the caller's
 	// context may already have expired.
 	cleanupTimeout = 5 * time.Second
@@ -119,6 +125,10 @@ func New(c Config) (*Store, error) {
 		DialTimeout:          dialTimeout,
 		DialKeepAliveTime:    keepaliveTime,
 		DialKeepAliveTimeout: keepaliveTimeout,
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
+			MinConnectTimeout: 2 * time.Second,
+		})},
 		// The client logs every retry; our errors carry what matters.
 		Logger: zap.NewNop(),
 	})

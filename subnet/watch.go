@@ -34,6 +34,10 @@ type WatchOptions struct {
 	// OnRestart, if set, is called each time a watch attempt ends and a
 	// new one is made: reason is "compacted" (re-listed) or "broken".
 	OnRestart func(reason string)
+	// Retry, if set, cuts a backoff short: the caller signals it when it
+	// knows the store is back (its connection came up), so changes made
+	// meanwhile arrive at once instead of after up to 5 s more.
+	Retry <-chan struct{}
 }
 
 // Watch follows lease changes until ctx is done, then returns nil.
@@ -136,6 +140,7 @@ func (w *watcher) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-w.clock.After(backoff):
+		case <-w.o.Retry:
 		}
 	}
 }

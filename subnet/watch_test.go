@@ -357,3 +357,32 @@ func TestWatchCancel(t *testing.T) {
 	w.cancel()
 	// startWatch's cleanup checks the nil return.
 }
+
+// A Retry signal ends the backoff at once: the caller knows the store is back.
+func TestWatchRetryCutsBackoff(t *testing.T) {
+	s, clk := newStore()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	leases, rev, err := s.ListLeases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	retry := make(chan struct{}, 1)
+	changes := make(chan []subnet.Event, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- subnet.Watch(ctx, subnet.WatchOptions{Store: s, Clock: clk, Initial: leases, Rev: rev, Retry: retry,
+			OnChange: func(_ map[netip.Prefix]subnet.Lease, ev []subnet.Event) { changes <- ev }})
+	}()
+	waitWatching(t, s)
+	s.BreakWatches(nil)
+	blockUntil(t, clk, 1) // backing off
+	mustCreate(t, s, "198.19.2.0/24", "198.18.0.2")
+	retry <- struct{}{} // no clock advance: only the signal can end the wait
+	ev := recv(t, changes, "the change, right after the retry signal")
+	if got := describe(ev); got != "+198.19.2.0/24@198.18.0.2" {
+		t.Errorf("events %q", got)
+	}
+	cancel()
+	recv(t, done, "Watch to return")
+}

@@ -81,16 +81,19 @@ func canFollow(first []byte, fs, ls tcpSegment, q []byte, qs tcpSegment, total i
 		return false
 	}
 	ip := fs.ipLen
-	// IPv4: version, IHL, TOS; flags, TTL, protocol; addresses and options.
-	if !bytes.Equal(first[0:2], q[0:2]) || !bytes.Equal(first[6:10], q[6:10]) ||
-		!bytes.Equal(first[12:ip], q[12:ip]) {
+	// IPv4: version, IHL, TOS; flags, TTL, protocol; addresses; options.
+	be := binary.BigEndian
+	if be.Uint16(first[0:2]) != be.Uint16(q[0:2]) || be.Uint32(first[6:10]) != be.Uint32(q[6:10]) ||
+		be.Uint64(first[12:20]) != be.Uint64(q[12:20]) ||
+		(ip > IPv4HeaderLen && !bytes.Equal(first[IPv4HeaderLen:ip], q[IPv4HeaderLen:ip])) {
 		return false
 	}
-	// TCP: ports; ACK number and data offset; window; urgent pointer and
+	// TCP: ports; ACK number; data offset; window; urgent pointer;
 	// options (timestamps included, as Linux GRO requires).
 	f, t := first[ip:fs.hdrLen], q[ip:qs.hdrLen]
-	return bytes.Equal(f[0:4], t[0:4]) && bytes.Equal(f[8:13], t[8:13]) &&
-		bytes.Equal(f[14:16], t[14:16]) && bytes.Equal(f[18:], t[18:])
+	return be.Uint32(f[0:4]) == be.Uint32(t[0:4]) && be.Uint32(f[8:12]) == be.Uint32(t[8:12]) &&
+		f[12] == t[12] && be.Uint16(f[14:16]) == be.Uint16(t[14:16]) &&
+		be.Uint16(f[18:20]) == be.Uint16(t[18:20]) && bytes.Equal(f[20:], t[20:])
 }
 
 // extendRun finds the run that starts with pkts[0][offset:], parsed as fs.
@@ -112,18 +115,21 @@ func extendRun(pkts [][]byte, offset int, fs tcpSegment, verify bool) (n, total 
 	return n, total, tcpSegment{}, false
 }
 
-// superHeader turns first, the first segment of a run of total bytes whose
-// last segment carries lastFlags, into the head of a TCPv4 super-packet in
-// place: IP total length and header checksum, PSH if the last segment had
-// it, and the TCP checksum field holding the pseudo-header sum, as
-// NEEDS_CSUM requires. It returns the virtio-net header to write before it.
-// The payloads of the other segments follow the header on the wire.
-func superHeader(first []byte, fs tcpSegment, lastFlags byte, total int) virtioNetHdr {
-	binary.BigEndian.PutUint16(first[2:4], uint16(total))
-	setIPv4HeaderChecksum(first, fs.ipLen)
-	tcp := first[fs.ipLen:]
+// superHeader writes to hdr the headers of a TCPv4 super-packet made of a
+// run of total bytes that starts with first (parsed as fs) and whose last
+// segment carries lastFlags: first's headers with the IP total length and
+// header checksum redone, PSH if the last segment had it, and the TCP
+// checksum field holding the pseudo-header sum, as NEEDS_CSUM requires. It
+// returns the virtio-net header to write before them. On the wire the
+// headers are followed by the payloads of the run's segments.
+func superHeader(hdr, first []byte, fs tcpSegment, lastFlags byte, total int) virtioNetHdr {
+	hdr = hdr[:fs.hdrLen]
+	copy(hdr, first)
+	binary.BigEndian.PutUint16(hdr[2:4], uint16(total))
+	setIPv4HeaderChecksum(hdr, fs.ipLen)
+	tcp := hdr[fs.ipLen:]
 	tcp[13] |= lastFlags & tcpPSH
-	binary.BigEndian.PutUint16(tcp[16:18], uint16(foldSum(pseudoHeaderSum(first, protoTCP, total-fs.ipLen))))
+	binary.BigEndian.PutUint16(tcp[16:18], uint16(foldSum(pseudoHeaderSum(hdr, protoTCP, total-fs.ipLen))))
 	return virtioNetHdr{
 		flags:      virtioNeedsCsum,
 		gsoType:    virtioGSOTCPv4,

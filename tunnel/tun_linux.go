@@ -31,6 +31,13 @@ type TUNConfig struct {
 	// If the kernel refuses, the plain device is opened instead, logged
 	// and counted (see OffloadReporter).
 	Offload bool
+	// VerifyCoalesced makes Write check the IP and TCP checksums of each
+	// segment before merging it into a super-packet, whose checksum the
+	// kernel then trusts. Off, the outer UDP checksum the kernel verified
+	// on receipt is relied on (segments that are not merged are always
+	// checked by the kernel). On costs a checksum pass over every byte:
+	// about 5 µs per 64 KB here, some 10 % of a core at 10 Gb/s.
+	VerifyCoalesced bool
 	// Logger receives the one-off notices about offloads; nil discards.
 	Logger *slog.Logger
 
@@ -108,7 +115,7 @@ type tun struct {
 	zvh      [virtioNetHdrLen]byte // all zero: a plain packet
 	wiov     []unix.Iovec
 	one      [2]unix.Iovec
-	saved    [maxHeaders]byte // the first segment's headers, for a fallback
+	hdr      [maxHeaders]byte // a super-packet's IP and TCP headers
 	coalesce atomic.Bool
 	verify   bool
 	writev   func(fd int, iov []unix.Iovec) error
@@ -193,6 +200,7 @@ func (t *tun) openOffload(c TUNConfig) error {
 	t.uso = set(fd, base|tunFUSO4|tunFUSO6) == nil
 	t.fd, t.name = fd, name
 	t.initVnet()
+	t.verify = c.VerifyCoalesced
 	t.log.Info("tun offloads on", "tun", name, "tso", true, "uso", t.uso)
 	return nil
 }
@@ -200,11 +208,10 @@ func (t *tun) openOffload(c TUNConfig) error {
 // initVnet sets t up to read and write virtio-net headers.
 func (t *tun) initVnet() {
 	t.vnet = true
-	t.verify = true
 	t.coalesce.Store(true)
 	t.rbuf = make([]byte, maxPacket+1)
 	t.riov[0] = iovec(t.rvh[:])
-	t.wiov = make([]unix.Iovec, 0, maxRunSegments+1)
+	t.wiov = make([]unix.Iovec, 0, maxRunSegments+2)
 }
 
 // attachTUN opens /dev/net/tun and attaches it to the device name with
@@ -490,30 +497,28 @@ func (t *tun) writeVnet(bufs [][]byte, offset int) (int, error) {
 }
 
 // writeRun writes pkts, a run found by extendRun, as one super-packet: the
-// virtio-net header, the first packet with its headers rewritten, then the
-// payloads of the others, gathered by one writev without copying. On
-// failure the first packet's headers are restored.
+// virtio-net header, the super-packet's headers (built in t.hdr, so the
+// caller's packets stay as they were), then the payloads of all the
+// segments, gathered by one writev without copying them.
 func (t *tun) writeRun(pkts [][]byte, offset int, fs tcpSegment, total int) error {
 	first := pkts[0][offset:]
-	copy(t.saved[:fs.hdrLen], first)
-	h := superHeader(first, fs, pkts[len(pkts)-1][offset+fs.ipLen+13], total)
+	h := superHeader(t.hdr[:], first, fs, pkts[len(pkts)-1][offset+fs.ipLen+13], total)
 	h.encode(t.wvh[:])
-	iov := append(t.wiov[:0], iovec(t.wvh[:]), iovec(first))
-	for _, p := range pkts[1:] {
+	iov := append(t.wiov[:0], iovec(t.wvh[:]), iovec(t.hdr[:fs.hdrLen]))
+	for _, p := range pkts {
 		iov = append(iov, iovec(p[offset+fs.hdrLen:]))
 	}
 	t.wiov = iov
-	err := t.writeIov(iov)
-	if err != nil {
-		copy(first, t.saved[:fs.hdrLen])
-	}
-	return err
+	return t.writeIov(iov)
 }
 
 // writeOne writes pkt behind an all-zero virtio-net header: no GSO, and
 // checksums for the kernel to verify, as without offloads.
 func (t *tun) writeOne(pkt []byte) error {
 	t.one[0] = iovec(t.zvh[:])
+	if len(pkt) == 0 {
+		return t.writeIov(t.one[:1]) // for the kernel to refuse
+	}
 	t.one[1] = iovec(pkt)
 	return t.writeIov(t.one[:])
 }

@@ -134,7 +134,7 @@ func (c *udpConn) offloadOff(which, reason string, err error) {
 	if err != nil {
 		args = append(args, "err", err)
 	}
-	c.log.Warn("UDP offload off: sending one datagram per message", args...)
+	c.log.Warn("UDP offload off, using the plain path", args...)
 }
 
 // disableGSO turns GSO off for good after the kernel refused a GSO send at

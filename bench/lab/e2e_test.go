@@ -630,14 +630,25 @@ func TestE2ESystemdNotify(t *testing.T) {
 	}
 	conn.SetReadDeadline(time.Now().Add(readyTimeout))
 	buf := make([]byte, 4096)
-	n, err := conn.Read(buf)
-	if err != nil {
-		t.Fatalf("no sd_notify message: %v", err)
-	}
-	// Checked the moment READY=1 arrives: the file must already be there.
-	env, envErr := ReadSubnetEnv(l.Node(0).SubnetFile)
-	if msg := string(buf[:n]); !strings.Contains(msg, "READY=1") {
-		t.Fatalf("first sd_notify message %q, want READY=1", msg)
+	var env map[string]string
+	var envErr error
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no READY=1 from sd_notify: %v", err)
+		}
+		msg := string(buf[:n])
+		if strings.Contains(msg, "READY=1") {
+			// Checked the moment READY=1 arrives: the file must already be there.
+			env, envErr = ReadSubnetEnv(l.Node(0).SubnetFile)
+			if !strings.Contains(msg, "STATUS=") {
+				t.Errorf("READY=1 without a STATUS= line: %q", msg)
+			}
+			break
+		}
+		if !strings.HasPrefix(msg, "STATUS=") {
+			t.Errorf("sd_notify before READY=1: %q, want only STATUS= lines", msg)
+		}
 	}
 	if envErr != nil || env["FLANNEL_SUBNET"] == "" {
 		t.Fatalf("READY=1 sent before subnet.env was written: %v %v", env, envErr)
