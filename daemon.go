@@ -237,6 +237,7 @@ func (d *node) run(ctx context.Context) error {
 		SourceCheck: d.sourceCheck, Logger: d.log})
 	connOwned = false
 	d.health.setForwarder(d.fwd, o.tunName, mtu)
+	d.health.setOffloads(dev, conn)
 
 	leases, rev, err := d.listLeases(ctx)
 	if err != nil {

@@ -43,6 +43,8 @@ type health struct {
 	fwd               *tunnel.Forwarder
 	device            string
 	mtu               int
+	// offloads reads the device's and socket's offload state, if set.
+	offloads func() StatusOffloads
 }
 
 func newHealth() *health {
@@ -106,17 +108,29 @@ func (h *health) setForwarder(f *tunnel.Forwarder, device string, mtu int) {
 
 // Status is the /status document.
 type Status struct {
-	Version     string        `json:"version"`
-	Ready       bool          `json:"ready"`
-	Lease       *StatusLease  `json:"lease,omitempty"`
-	Renewal     *StatusRenew  `json:"renewal,omitempty"`
-	Etcd        StatusEtcd    `json:"etcd"`
-	Device      string        `json:"device,omitempty"`
-	MTU         int           `json:"mtu,omitempty"`
-	SourceCheck string        `json:"sourceCheck,omitempty"`
-	Offload     bool          `json:"offload"`
-	Peers       []StatusPeer  `json:"peers"`
-	Counters    StatusCounter `json:"counters"`
+	Version     string         `json:"version"`
+	Ready       bool           `json:"ready"`
+	Lease       *StatusLease   `json:"lease,omitempty"`
+	Renewal     *StatusRenew   `json:"renewal,omitempty"`
+	Etcd        StatusEtcd     `json:"etcd"`
+	Device      string         `json:"device,omitempty"`
+	MTU         int            `json:"mtu,omitempty"`
+	SourceCheck string         `json:"sourceCheck,omitempty"`
+	Offload     bool           `json:"offload"`
+	Offloads    StatusOffloads `json:"offloads"`
+	Peers       []StatusPeer   `json:"peers"`
+	Counters    StatusCounter  `json:"counters"`
+}
+
+// StatusOffloads says which kernel offloads the data path uses, and how
+// often the kernel refused one (weft then fell back to the plain path).
+type StatusOffloads struct {
+	TUNVnetHdr    bool   `json:"tunVnetHdr"`
+	TUNUSO        bool   `json:"tunUSO"`
+	TUNCoalescing bool   `json:"tunCoalescing"`
+	UDPGSO        bool   `json:"udpGSO"`
+	UDPGRO        bool   `json:"udpGRO"`
+	Fallbacks     uint64 `json:"fallbacks"`
 }
 
 type StatusEtcd struct {
@@ -184,6 +198,11 @@ func (h *health) status() Status {
 		for _, p := range h.peers {
 			s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr})
 		}
+	}
+	if h.offloads != nil {
+		s.Offloads = h.offloads()
+		o := s.Offloads
+		s.Offload = o.TUNVnetHdr || o.UDPGSO || o.UDPGRO
 	}
 	s.Counters.Drops = map[string]uint64{}
 	if h.fwd != nil {
@@ -283,4 +302,24 @@ func (h *health) serveSocket(path string, log *slog.Logger) (func(), error) {
 		_ = srv.Shutdown(ctx)
 		os.Remove(path)
 	}, nil
+}
+
+// setOffloads makes /status and /metrics report dev's and conn's offload
+// state, where they can tell it.
+func (h *health) setOffloads(dev tunnel.Device, conn tunnel.Conn) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.offloads = func() StatusOffloads {
+		var o StatusOffloads
+		if r, ok := dev.(tunnel.OffloadReporter); ok {
+			t := r.Offload()
+			o.TUNVnetHdr, o.TUNUSO, o.TUNCoalescing, o.Fallbacks = t.VnetHdr, t.USO, t.Coalescing, t.Fallbacks
+		}
+		if r, ok := conn.(tunnel.UDPOffloader); ok {
+			u := r.UDPOffload()
+			o.UDPGSO, o.UDPGRO = u.GSO, u.GRO
+			o.Fallbacks += u.Fallbacks
+		}
+		return o
+	}
 }

@@ -28,6 +28,7 @@ var (
 	descRxBytes       = prometheus.NewDesc("weft_rx_bytes_total", "Inner bytes received from peers and written to the device.", nil, nil)
 	descDrops         = prometheus.NewDesc("weft_drops_total", "Packets dropped, by reason.", []string{"reason"}, nil)
 	descOffload       = prometheus.NewDesc("weft_offload_enabled", "1 while TUN and UDP offloads are in use.", nil, nil)
+	descOffloadFalls  = prometheus.NewDesc("weft_offload_fallbacks_total", "Offloads the kernel refused, after which weft used the plain path.", nil, nil)
 
 	// Per peer, only with -peer-metrics: one series per node of the cluster.
 	peerLabels        = []string{"subnet", "public_ip"}
@@ -41,7 +42,7 @@ type collector struct{ h *health }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descLeaseExpiry, descRenewals, descEtcdUp,
-		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descOffload,
+		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descOffload, descOffloadFalls,
 		descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
 		ch <- d
 	}
@@ -79,6 +80,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descDrops, s.Counters.Drops[r.String()], r.String())
 	}
 	gauge(descOffload, boolFloat(s.Offload))
+	counter(descOffloadFalls, s.Offloads.Fallbacks)
 	if c.h.peerMetrics {
 		for _, p := range s.Peers {
 			sn, ip := p.Subnet.String(), p.PublicIP.String()

@@ -112,8 +112,18 @@ func printStatus(w io.Writer, s *Status, now time.Time) {
 	fmt.Fprintf(tw, "etcd\t%s  %s  renewals ok %d failed %d  watch restarts %s\n", etcdState, s.Etcd.Endpoints,
 		s.Etcd.Renewals["success"], s.Etcd.Renewals["failure"], formatCounts(s.Etcd.WatchRestarts))
 	offload := "off"
-	if s.Offload {
-		offload = "on"
+	if o := s.Offloads; s.Offload {
+		var on []string
+		for name, v := range map[string]bool{"tun-tso": o.TUNVnetHdr, "tun-uso": o.TUNUSO, "tun-gro": o.TUNCoalescing, "udp-gso": o.UDPGSO, "udp-gro": o.UDPGRO} {
+			if v {
+				on = append(on, name)
+			}
+		}
+		slices.Sort(on)
+		offload = strings.Join(on, ",")
+		if o.Fallbacks > 0 {
+			offload += fmt.Sprintf(" (%d fallbacks)", o.Fallbacks)
+		}
 	}
 	fmt.Fprintf(tw, "device\t%s  mtu %d  source check %s  offload %s\n", s.Device, s.MTU, s.SourceCheck, offload)
 	c := s.Counters

@@ -259,18 +259,19 @@ func SplitCommand(s string) ([]string, error) {
 	var words []string
 	var cur strings.Builder
 	inWord := false
-	var quote rune
+	var quote byte
 	escaped := false
-	for _, r := range s {
+	for i := 0; i < len(s); i++ {
+		r := s[i] // bytes, not runes: invalid UTF-8 passes through unchanged
 		switch {
 		case escaped:
-			cur.WriteRune(r)
+			cur.WriteByte(r)
 			escaped = false
 		case quote == '\'':
 			if r == '\'' {
 				quote = 0
 			} else {
-				cur.WriteRune(r)
+				cur.WriteByte(r)
 			}
 		case r == '\\':
 			escaped, inWord = true, true
@@ -278,7 +279,7 @@ func SplitCommand(s string) ([]string, error) {
 			if r == '"' {
 				quote = 0
 			} else {
-				cur.WriteRune(r)
+				cur.WriteByte(r)
 			}
 		case r == '\'' || r == '"':
 			quote, inWord = r, true
@@ -289,7 +290,7 @@ func SplitCommand(s string) ([]string, error) {
 				inWord = false
 			}
 		default:
-			cur.WriteRune(r)
+			cur.WriteByte(r)
 			inWord = true
 		}
 	}

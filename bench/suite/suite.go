@@ -694,11 +694,15 @@ func waitListening(ctx context.Context, p *lab.Proc, port int, timeout time.Dura
 }
 
 func (r *runner) ping(ctx context.Context, p *pathRun, s *Sample) error {
-	dur := time.Duration(r.cfg.Pings)*pingInterval + 10*time.Second
-	cctx, cancel := context.WithTimeout(ctx, dur)
+	// -w makes ping stop and still print its summary: an interval of 10 ms
+	// really takes about 16 ms here (timer granularity), more on a busy
+	// machine, so the deadline is three times the nominal duration.
+	deadline := 3*time.Duration(r.cfg.Pings)*pingInterval + 5*time.Second
+	cctx, cancel := context.WithTimeout(ctx, deadline+10*time.Second)
 	defer cancel()
 	out, runErr := r.lab.Command(cctx, 0, "ping", "-n", "-i", strconv.FormatFloat(pingInterval.Seconds(), 'f', -1, 64),
-		"-c", strconv.Itoa(r.cfg.Pings), "-W", "1", "-I", p.Src.String(), p.Dst.String()).CombinedOutput()
+		"-c", strconv.Itoa(r.cfg.Pings), "-w", strconv.Itoa(int(deadline.Seconds())), "-W", "1",
+		"-I", p.Src.String(), p.Dst.String()).CombinedOutput()
 	sum, err := lab.ParsePing(string(out))
 	if err != nil {
 		return fmt.Errorf("ping %s: %w (%v): %s", p.Dst, err, runErr, tail(string(out), 3))
