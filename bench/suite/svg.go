@@ -47,7 +47,7 @@ func WriteChart(w io.Writer, res *Results) error {
 	text(&b, marginL, 24, 17, "start", "bold", "#000", "weft vs kernel VXLAN, host-gw and bare veth (kernel VXLAN = 1.0, median of "+
 		fmt.Sprint(res.Settings.Rounds)+" round(s))")
 	text(&b, marginL, 44, 12, "start", "normal", "#444", fmt.Sprintf("%s; %s, %d CPUs, Linux %s, veth MTU %d; %d s per test; %s",
-		res.Machine.Weft, res.Machine.CPU, res.Machine.CPUs, res.Machine.Kernel, res.Settings.UnderlayMTU, res.Settings.Seconds,
+		shortVersion(res.Machine.Weft), res.Machine.CPU, res.Machine.CPUs, res.Machine.Kernel, res.Settings.UnderlayMTU, res.Settings.Seconds,
 		res.Started.Format("2006-01-02")))
 	// Legend.
 	x := float64(marginL)
@@ -182,3 +182,12 @@ func trimZeros(f float64) string {
 }
 
 func trimX(s string) string { return strings.TrimSuffix(s, "×") }
+
+// shortVersion drops the parenthesised detail of `weft version`
+// ("weft 82d8b11 (commit 82d8b11, go1.26.8 linux/amd64)" → "weft 82d8b11").
+func shortVersion(v string) string {
+	if i := strings.Index(v, " ("); i > 0 {
+		return v[:i]
+	}
+	return v
+}

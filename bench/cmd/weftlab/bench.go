@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -50,6 +51,7 @@ func runBench(args []string, out io.Writer) int {
 	outDir := fs.String("out", "bench/results", "directory for report.md, chart.svg and results.json")
 	tests := fs.String("tests", strings.Join(suite.AllTests, ","), "comma-separated tests to run")
 	verbose := fs.Bool("v", false, "harness progress on stderr")
+	from := fs.String("from", "", "measure nothing: rewrite report.md and chart.svg in -out from this results.json")
 	var paths, configs pathFlags
 	fs.Var(&paths, "path", "NAME=COMMAND: also measure a daemon started with COMMAND on each node (repeatable);\n"+suite.Placeholders)
 	fs.Var(&configs, "path-config", "NAME=JSON: the network config for -path NAME (default: a udp backend network of its own)")
@@ -59,6 +61,9 @@ func runBench(args []string, out io.Writer) int {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "weftlab bench: unexpected argument %q\n", fs.Arg(0))
 		return 2
+	}
+	if *from != "" {
+		return rerender(*from, *outDir, out)
 	}
 	for _, name := range configs.names {
 		if _, ok := paths.values[name]; !ok {
@@ -115,5 +120,26 @@ func runBench(args []string, out io.Writer) int {
 	fmt.Fprintf(out, "wrote %s, %s and %s in %s (%s)\n",
 		filepath.Join(*outDir, suite.ReportFile), filepath.Join(*outDir, suite.ChartFile),
 		filepath.Join(*outDir, suite.JSONFile), *outDir, time.Since(start).Round(time.Second))
+	return 0
+}
+
+// rerender rewrites the outputs from a results.json, for a changed report
+// format or to check the files in bench/results match their numbers.
+func rerender(from, outDir string, out io.Writer) int {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "weftlab bench:", err)
+		return 1
+	}
+	var res suite.Results
+	if err := json.Unmarshal(b, &res); err != nil {
+		fmt.Fprintf(os.Stderr, "weftlab bench: %s: %v\n", from, err)
+		return 1
+	}
+	if err := suite.WriteOutputs(outDir, &res); err != nil {
+		fmt.Fprintln(os.Stderr, "weftlab bench:", err)
+		return 1
+	}
+	fmt.Fprintf(out, "%s\nrewrote %s from %s\n", suite.SummaryTable(&res), outDir, from)
 	return 0
 }
