@@ -48,39 +48,18 @@ func (l *Lab) RequestResponse(ctx context.Context, from int, src netip.Addr, to 
 	}
 	what := fmt.Sprintf("request/response %s %s -> %s %s", nf.Name, src, nt.Name, dst)
 
-	var ln *net.TCPListener
-	if err := inNetns(nt.ns, func() (err error) {
-		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(dst, 0)))
-		return err
-	}); err != nil {
-		return RRResult{}, fmt.Errorf("lab: %s: listen in %s: %w", what, nt.NS, err)
-	}
-	res := RRResult{To: ln.Addr().(*net.TCPAddr).AddrPort(), Size: size}
 	var cl closers
 	defer cl.closeAll()
-	cl.add(ln)
 	stop := context.AfterFunc(ctx, cl.closeAll)
 	defer stop()
-
-	var conn *net.TCPConn
-	if err := inNetns(nf.ns, func() error {
-		dl := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
-		c, err := dl.DialContext(ctx, "tcp4", res.To.String())
-		if err != nil {
-			return err
-		}
-		conn = c.(*net.TCPConn)
-		return nil
-	}); err != nil {
-		return res, fmt.Errorf("lab: %s: connect from %s: %w", what, nf.NS, err)
+	conn, pc, err := connectPair(ctx, &cl, nf, nt, src, dst, what)
+	res := RRResult{Size: size}
+	if conn != nil {
+		res.From, res.To = conn.LocalAddr().(*net.TCPAddr).AddrPort(), conn.RemoteAddr().(*net.TCPAddr).AddrPort()
 	}
-	cl.add(conn)
-	res.From = conn.LocalAddr().(*net.TCPAddr).AddrPort()
-	pc, err := ln.AcceptTCP()
 	if err != nil {
-		return res, fmt.Errorf("lab: %s: accept: %w", what, errors.Join(ctx.Err(), err))
+		return res, err
 	}
-	cl.add(pc)
 	// Both ends default to TCP_NODELAY in Go, so each write is a segment.
 
 	echo := make(chan error, 1)

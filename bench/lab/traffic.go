@@ -156,46 +156,19 @@ func (l *Lab) TransferAddr(ctx context.Context, from int, src netip.Addr, to int
 	}
 	what := fmt.Sprintf("transfer %s %s -> %s %s", nf.Name, src, nt.Name, dst)
 
-	var ln *net.TCPListener
-	if err := inNetns(nt.ns, func() (err error) {
-		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(dst, 0)))
-		return err
-	}); err != nil {
-		return TransferResult{}, fmt.Errorf("lab: %s: listen in %s: %w", what, nt.NS, err)
-	}
-	defer ln.Close()
-	res := TransferResult{To: ln.Addr().(*net.TCPAddr).AddrPort()}
-
 	// Whatever blocks (accept, dial, read, write) is unblocked by closing
 	// its socket when ctx ends.
 	var cl closers
 	defer cl.closeAll()
-	cl.add(ln)
 	stop := context.AfterFunc(ctx, cl.closeAll)
 	defer stop()
-
-	var conn *net.TCPConn
-	if err := inNetns(nf.ns, func() error {
-		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
-		c, err := d.DialContext(ctx, "tcp4", res.To.String())
-		if err != nil {
-			return err
-		}
-		conn = c.(*net.TCPConn)
-		return nil
-	}); err != nil {
-		return res, fmt.Errorf("lab: %s: connect from %s: %w", what, nf.NS, err)
+	conn, pc, err := connectPair(ctx, &cl, nf, nt, src, dst, what)
+	res := TransferResult{}
+	if conn != nil {
+		res.From, res.To = conn.LocalAddr().(*net.TCPAddr).AddrPort(), conn.RemoteAddr().(*net.TCPAddr).AddrPort()
 	}
-	cl.add(conn)
-	res.From = conn.LocalAddr().(*net.TCPAddr).AddrPort()
-
-	pc, err := ln.AcceptTCP()
 	if err != nil {
-		return res, fmt.Errorf("lab: %s: accept: %w", what, errors.Join(ctx.Err(), err))
-	}
-	cl.add(pc)
-	if pc.RemoteAddr().(*net.TCPAddr).AddrPort() != res.From {
-		return res, fmt.Errorf("lab: %s: accepted %s, not our %s", what, pc.RemoteAddr(), res.From)
+		return res, err
 	}
 
 	seed := uint64(time.Now().UnixNano())
@@ -350,6 +323,43 @@ func streamSum(seed uint64, n int64) [sha256.Size]byte {
 	_ = writeStream(h, seed, n, nil) // a hash never fails
 	h.Sum(sum[:0])
 	return sum
+}
+
+// connectPair opens one TCP connection from src on node nf to a listener on
+// dst on node nt, each socket made in its node's namespace. The listener
+// and both ends go to cl, which the caller closes (also when ctx ends).
+// client is set as soon as the dial succeeded, for error reports.
+func connectPair(ctx context.Context, cl *closers, nf, nt *node, src, dst netip.Addr, what string) (client, server *net.TCPConn, err error) {
+	var ln *net.TCPListener
+	if err := inNetns(nt.ns, func() (err error) {
+		ln, err = net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(netip.AddrPortFrom(dst, 0)))
+		return err
+	}); err != nil {
+		return nil, nil, fmt.Errorf("lab: %s: listen in %s: %w", what, nt.NS, err)
+	}
+	cl.add(ln)
+	to := ln.Addr().(*net.TCPAddr).AddrPort()
+	if err := inNetns(nf.ns, func() error {
+		d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))}
+		c, err := d.DialContext(ctx, "tcp4", to.String())
+		if err != nil {
+			return err
+		}
+		client = c.(*net.TCPConn)
+		return nil
+	}); err != nil {
+		return nil, nil, fmt.Errorf("lab: %s: connect from %s: %w", what, nf.NS, err)
+	}
+	cl.add(client)
+	server, err = ln.AcceptTCP()
+	if err != nil {
+		return client, nil, fmt.Errorf("lab: %s: accept: %w", what, errors.Join(ctx.Err(), err))
+	}
+	cl.add(server)
+	if from := client.LocalAddr().(*net.TCPAddr).AddrPort(); server.RemoteAddr().(*net.TCPAddr).AddrPort() != from {
+		return client, server, fmt.Errorf("lab: %s: accepted %s, not our %s", what, server.RemoteAddr(), from)
+	}
+	return client, server, nil
 }
 
 // closers closes a growing set of sockets once; a socket added after
