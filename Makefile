@@ -10,7 +10,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 FUZZTIME ?= 100000x
 PREFIX   ?= /usr/local
 
-.PHONY: all build demo soak test check unit fuzz microbench clean install
+.PHONY: all build demo soak scale test check unit fuzz microbench clean install
 
 all: build
 
@@ -37,6 +37,14 @@ soak: build
 	@command -v ping >/dev/null || { echo "soak needs ping: apt-get install -y iputils-ping"; exit 1; }
 	@[ "$$(id -u)" = 0 ] || { echo "soak needs root (network namespaces): sudo make soak"; exit 1; }
 	./bin/weftlab soak -weft ./bin/weft -duration $${SOAK_DURATION:-10m}
+
+# Control plane at 100, 1,000 and 5,000 leases (not part of test, ~2 min):
+# three daemons watch simulated nodes in one etcd; writes
+# bench/results/scale.{md,svg,json}. SCALE_SIZES and SCALE_CHURN override.
+scale: build
+	@command -v ping >/dev/null || { echo "scale needs ping: apt-get install -y iputils-ping"; exit 1; }
+	@[ "$$(id -u)" = 0 ] || { echo "scale needs root (network namespaces): sudo make scale"; exit 1; }
+	./bin/weftlab scale -weft ./bin/weft -sizes $${SCALE_SIZES:-100,1000,5000} -churn $${SCALE_CHURN:-20s} -out bench/results
 
 test: check unit fuzz
 

@@ -131,6 +131,7 @@ type node struct {
 
 	sourceCheck tunnel.SourceCheck
 	publishMu   sync.Mutex
+	tableRev    int64         // etcd revision the peer table reflects; under publishMu
 	etcdBack    chan struct{} // the etcd connection came back up
 
 	cfg    *subnet.Config
@@ -148,6 +149,7 @@ func (d *node) run(ctx context.Context) error {
 	defer signal.Stop(hup)
 	d.health = newHealth()
 	d.health.setStatic(o.etcdEndpoints, d.sourceCheck.String(), o.peerMetrics)
+	d.health.setEtcdRequests(d.store.Requests)
 	if o.healthzPort != 0 {
 		stop, err := d.health.serve(o.healthzIP, o.healthzPort, d.log)
 		if err != nil {
@@ -245,7 +247,7 @@ func (d *node) run(ctx context.Context) error {
 		conn.Close()
 		return err
 	}
-	d.publishPeers(lease.Subnet, leases)
+	d.publishPeers(lease.Subnet, leases, rev)
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -311,15 +313,7 @@ func (d *node) run(ctx context.Context) error {
 				d.log.Info("repaired kernel state", "change", c)
 			}
 			if reload {
-				lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				leases, _, err := d.store.ListLeases(lctx)
-				cancel()
-				if err != nil {
-					d.log.Warn("SIGHUP: list leases failed; keeping the current peer table", "err", err)
-				} else {
-					d.publishPeers(lease.Subnet, leases)
-					d.log.Info("SIGHUP: reloaded", "leases", len(leases))
-				}
+				d.reloadPeers(ctx, lease.Subnet)
 			}
 		}
 	})
@@ -457,11 +451,19 @@ func (d *node) openDevice(mtu int) (tunnel.Device, error) {
 	return nil, err
 }
 
-// publishPeers builds a fresh immutable table for the data path. The watch
-// and SIGHUP both publish; the lock keeps their tables whole.
-func (d *node) publishPeers(own netip.Prefix, leases []subnet.Lease) {
+// publishPeers builds a fresh immutable table for the data path from a
+// full set of leases read at revision rev (at start and on SIGHUP). The
+// watch and SIGHUP both publish; the lock keeps their tables whole. A list
+// older than the table (the watch applied a newer change meanwhile) is not
+// published, so a change is never undone; it reports whether it published.
+func (d *node) publishPeers(own netip.Prefix, leases []subnet.Lease, rev int64) bool {
 	d.publishMu.Lock()
 	defer d.publishMu.Unlock()
+	if rev < d.tableRev {
+		return false
+	}
+	d.tableRev = rev
+	start := time.Now()
 	peers := make([]tunnel.Peer, 0, len(leases))
 	for _, l := range leases {
 		if l.Subnet == own {
@@ -471,7 +473,55 @@ func (d *node) publishPeers(own netip.Prefix, leases []subnet.Lease) {
 	}
 	d.fwd.UpdatePeers(own, peers)
 	d.health.setPeers(peers)
+	d.health.tableUpdated(d.fwd.Table().Len(), rev, time.Since(start))
+	return true
 }
+
+// reloadPeers re-reads every lease and republishes the table (SIGHUP). A
+// list that the watch overtook is read again: a few tries are plenty, as
+// lists are made at etcd's newest revision.
+func (d *node) reloadPeers(ctx context.Context, own netip.Prefix) {
+	for range 3 {
+		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		leases, rev, err := d.store.ListLeases(lctx)
+		cancel()
+		if err != nil {
+			d.log.Warn("SIGHUP: list leases failed; keeping the current peer table", "err", err)
+			return
+		}
+		if d.publishPeers(own, leases, rev) {
+			d.log.Info("SIGHUP: reloaded", "leases", len(leases), "rev", rev)
+			return
+		}
+	}
+	d.log.Warn("SIGHUP: leases change faster than they can be listed; keeping the watched peer table")
+}
+
+// applyPeerEvents patches the data path's table with a watch batch: the
+// cost follows the change, not the cluster's size.
+func (d *node) applyPeerEvents(own netip.Prefix, events []subnet.Event, rev int64) {
+	d.publishMu.Lock()
+	defer d.publishMu.Unlock()
+	d.tableRev = max(d.tableRev, rev)
+	start := time.Now()
+	changes := make([]tunnel.PeerChange, 0, len(events))
+	for _, ev := range events {
+		if ev.Lease.Subnet == own {
+			continue
+		}
+		changes = append(changes, tunnel.PeerChange{
+			Peer:   tunnel.Peer{Subnet: ev.Lease.Subnet, Addr: ev.Lease.Attrs.PublicIP},
+			Remove: ev.Type == subnet.EventRemoved,
+		})
+	}
+	d.fwd.ApplyPeers(own, changes)
+	d.health.tableUpdated(d.fwd.Table().Len(), rev, time.Since(start))
+}
+
+// peerLogLimit: a batch with more peer changes than this is logged as one
+// summary line, so a bulk load of thousands of leases does not flood the
+// journal.
+const peerLogLimit = 16
 
 func (d *node) watch(ctx context.Context, own netip.Prefix, initial []subnet.Lease, rev int64, fail context.CancelCauseFunc) error {
 	return subnet.Watch(ctx, subnet.WatchOptions{
@@ -482,7 +532,8 @@ func (d *node) watch(ctx context.Context, own netip.Prefix, initial []subnet.Lea
 		Rev:       rev,
 		OnRestart: d.health.watchRestarted,
 		Retry:     d.etcdBack,
-		OnChange: func(current map[netip.Prefix]subnet.Lease, events []subnet.Event) {
+		OnChange: func(events []subnet.Event, rev int64) {
+			var added, removed int
 			for _, ev := range events {
 				if ev.Lease.Subnet == own && ev.Type == subnet.EventRemoved {
 					// Someone deleted our lease. Exit non-zero so systemd
@@ -491,15 +542,30 @@ func (d *node) watch(ctx context.Context, own netip.Prefix, initial []subnet.Lea
 					fail(fmt.Errorf("our lease %s was removed from etcd: %w", own, subnet.ErrLeaseNotFound))
 					return
 				}
-				if ev.Lease.Subnet != own {
-					d.log.Info("peer "+ev.Type.String(), "subnet", ev.Lease.Subnet, "public-ip", ev.Lease.Attrs.PublicIP)
+				if ev.Type == subnet.EventRemoved {
+					removed++
+				} else {
+					added++
 				}
 			}
-			list := make([]subnet.Lease, 0, len(current))
-			for _, l := range current {
-				list = append(list, l)
+			if len(events) <= peerLogLimit {
+				table := d.fwd.Table()
+				for _, ev := range events {
+					if ev.Lease.Subnet == own {
+						continue
+					}
+					ip := ev.Lease.Attrs.PublicIP
+					if ev.Type == subnet.EventRemoved {
+						// A removal names only its subnet; say who it was.
+						ip, _ = table.Lookup(ev.Lease.Subnet.Addr().As4())
+					}
+					d.log.Info("peer "+ev.Type.String(), "subnet", ev.Lease.Subnet, "public-ip", ip)
+				}
 			}
-			d.publishPeers(own, list)
+			d.applyPeerEvents(own, events, rev)
+			if len(events) > peerLogLimit {
+				d.log.Info("peers changed", "added_or_changed", added, "removed", removed, "peers", d.fwd.Table().Len(), "rev", rev)
+			}
 		},
 	})
 }
@@ -556,12 +622,12 @@ func (d *node) monitorEtcd(ctx context.Context, own netip.Prefix) {
 
 // statusLine is systemd's one-line STATUS= for `systemctl status weft`.
 func (d *node) statusLine(own netip.Prefix) string {
-	s := d.health.status()
+	s := d.health.statusOf(false)
 	etcd := "etcd up"
 	if !s.Etcd.Up {
 		etcd = "etcd unreachable, forwarding with the last peer table"
 	}
-	return fmt.Sprintf("STATUS=%s on %s, %d peers, %s", own, d.opts.tunName, len(s.Peers), etcd)
+	return fmt.Sprintf("STATUS=%s on %s, %d peers, %s", own, d.opts.tunName, s.PeerTable.Peers, etcd)
 }
 
 // notify sends state to systemd when run as a Type=notify unit; outside
@@ -578,7 +644,11 @@ func notify(log *slog.Logger, state string) {
 func connectEtcd(ctx context.Context, o *options, log *slog.Logger) (*etcd.Store, error) {
 	backoff := retry{}
 	for {
-		s, err := etcd.New(o.etcdConfig(log))
+		cfg := o.etcdConfig(log)
+		// Peers' expirations are not used here; reading them would cost
+		// etcd a request per lease per list and per watched change.
+		cfg.NoExpirations = true
+		s, err := etcd.New(cfg)
 		if err == nil || !errors.Is(err, context.DeadlineExceeded) {
 			return s, err
 		}

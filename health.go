@@ -45,6 +45,9 @@ type health struct {
 	mtu               int
 	// offloads reads the device's and socket's offload state, if set.
 	offloads func() StatusOffloads
+	// etcdRequests reads the etcd client's request counts, if set.
+	etcdRequests func() map[string]uint64
+	table        StatusPeerTable
 }
 
 func newHealth() *health {
@@ -100,6 +103,26 @@ func (h *health) setPeers(p []tunnel.Peer) {
 	h.mu.Unlock()
 }
 
+// tableUpdated records a change of the data path's peer table: its size,
+// the etcd revision it reflects, and what building it took.
+func (h *health) tableUpdated(peers int, rev int64, took time.Duration) {
+	h.mu.Lock()
+	t := &h.table
+	t.Peers = peers
+	t.Revision = max(t.Revision, rev)
+	t.Updates++
+	t.UpdateSeconds += took.Seconds()
+	t.LastUpdateSeconds = took.Seconds()
+	t.MaxUpdateSeconds = max(t.MaxUpdateSeconds, took.Seconds())
+	h.mu.Unlock()
+}
+
+func (h *health) setEtcdRequests(f func() map[string]uint64) {
+	h.mu.Lock()
+	h.etcdRequests = f
+	h.mu.Unlock()
+}
+
 func (h *health) setForwarder(f *tunnel.Forwarder, device string, mtu int) {
 	h.mu.Lock()
 	h.fwd, h.device, h.mtu = f, device, mtu
@@ -108,18 +131,33 @@ func (h *health) setForwarder(f *tunnel.Forwarder, device string, mtu int) {
 
 // Status is the /status document.
 type Status struct {
-	Version     string         `json:"version"`
-	Ready       bool           `json:"ready"`
-	Lease       *StatusLease   `json:"lease,omitempty"`
-	Renewal     *StatusRenew   `json:"renewal,omitempty"`
-	Etcd        StatusEtcd     `json:"etcd"`
-	Device      string         `json:"device,omitempty"`
-	MTU         int            `json:"mtu,omitempty"`
-	SourceCheck string         `json:"sourceCheck,omitempty"`
-	Offload     bool           `json:"offload"`
-	Offloads    StatusOffloads `json:"offloads"`
-	Peers       []StatusPeer   `json:"peers"`
-	Counters    StatusCounter  `json:"counters"`
+	Version     string          `json:"version"`
+	Ready       bool            `json:"ready"`
+	Lease       *StatusLease    `json:"lease,omitempty"`
+	Renewal     *StatusRenew    `json:"renewal,omitempty"`
+	Etcd        StatusEtcd      `json:"etcd"`
+	Device      string          `json:"device,omitempty"`
+	MTU         int             `json:"mtu,omitempty"`
+	SourceCheck string          `json:"sourceCheck,omitempty"`
+	Offload     bool            `json:"offload"`
+	Offloads    StatusOffloads  `json:"offloads"`
+	PeerTable   StatusPeerTable `json:"peerTable"`
+	// Peers is left out by /status?peers=0: at thousands of nodes it is
+	// most of the document.
+	Peers    []StatusPeer  `json:"peers,omitzero"`
+	Counters StatusCounter `json:"counters"`
+}
+
+// StatusPeerTable describes the data path's peer table and its updates.
+type StatusPeerTable struct {
+	Peers int `json:"peers"`
+	// Revision is the etcd revision of the newest lease change in the
+	// table: a lease written at revision R is in use once Revision ≥ R.
+	Revision          int64   `json:"revision"`
+	Updates           uint64  `json:"updates"`
+	UpdateSeconds     float64 `json:"updateSeconds"` // total time spent updating
+	LastUpdateSeconds float64 `json:"lastUpdateSeconds"`
+	MaxUpdateSeconds  float64 `json:"maxUpdateSeconds"`
 }
 
 // StatusOffloads says which kernel offloads the data path uses, and how
@@ -138,6 +176,8 @@ type StatusEtcd struct {
 	Endpoints     string            `json:"endpoints"`
 	Renewals      map[string]uint64 `json:"renewals"`
 	WatchRestarts map[string]uint64 `json:"watchRestarts"`
+	// Requests counts what this daemon sent etcd, by gRPC method.
+	Requests map[string]uint64 `json:"requests,omitempty"`
 }
 
 type StatusLease struct {
@@ -170,12 +210,16 @@ type StatusCounter struct {
 	Drops     map[string]uint64 `json:"drops"`
 }
 
-func (h *health) status() Status {
+func (h *health) status() Status { return h.statusOf(true) }
+
+// statusOf is the /status document; withPeers adds the per-peer list, which
+// costs in proportion to the cluster.
+func (h *health) statusOf(withPeers bool) Status {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	s := Status{
 		Version: h.version, Ready: h.ready && h.renewFailingSince.IsZero(),
-		Device: h.device, MTU: h.mtu, SourceCheck: h.sourceCheck, Peers: []StatusPeer{},
+		Device: h.device, MTU: h.mtu, SourceCheck: h.sourceCheck, PeerTable: h.table,
 		Etcd: StatusEtcd{
 			Up: h.etcdUp, Endpoints: h.endpoints,
 			Renewals:      map[string]uint64{"success": h.renewOK, "failure": h.renewFail},
@@ -189,12 +233,25 @@ func (h *health) status() Status {
 		s.Lease = &StatusLease{Subnet: h.lease.Subnet, PublicIP: h.lease.Attrs.PublicIP,
 			Expiration: h.lease.Expiration, Reserved: h.lease.Reserved()}
 	}
-	if h.fwd != nil {
-		for _, p := range h.fwd.PeerTraffic() {
-			s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr,
-				TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes})
+	if h.etcdRequests != nil {
+		s.Etcd.Requests = h.etcdRequests()
+	}
+	switch {
+	case h.fwd != nil:
+		s.PeerTable.Peers = h.fwd.Table().Len()
+		if withPeers {
+			s.Peers = []StatusPeer{}
+			for _, p := range h.fwd.PeerTraffic() {
+				s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr,
+					TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes})
+			}
 		}
-	} else {
+	default:
+		s.PeerTable.Peers = len(h.peers)
+		if !withPeers {
+			break
+		}
+		s.Peers = []StatusPeer{}
 		for _, p := range h.peers {
 			s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr})
 		}
@@ -237,11 +294,11 @@ func (h *health) handler() http.Handler {
 		fmt.Fprintln(w, "ready")
 	})
 	mux.Handle("GET /metrics", h.metricsHandler())
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
-		_ = enc.Encode(h.status())
+		_ = enc.Encode(h.statusOf(r.URL.Query().Get("peers") != "0"))
 	})
 	return mux
 }

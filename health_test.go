@@ -82,3 +82,40 @@ func TestHealthRenewalFailing(t *testing.T) {
 		t.Errorf("/readyz after a successful renewal = %d", rec.Code)
 	}
 }
+
+// /status?peers=0 is the cheap form for large clusters: no per-peer list,
+// but the table's size, revision and update costs, and etcd's request
+// counts; /metrics carries the same.
+func TestStatusPeerTable(t *testing.T) {
+	h := newHealth()
+	srv := h.handler()
+	h.setPeers([]tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
+	h.tableUpdated(1, 40, 3*time.Millisecond)
+	h.tableUpdated(1, 42, time.Millisecond)
+	h.tableUpdated(1, 41, time.Millisecond) // an older list never moves the revision back
+	h.setEtcdRequests(func() map[string]uint64 { return map[string]uint64{"Range": 3, "Watch": 1} })
+
+	rec := get(t, srv, "/status?peers=0")
+	if strings.Contains(rec.Body.String(), `"peers": [`) {
+		t.Errorf("/status?peers=0 lists peers:\n%s", rec.Body)
+	}
+	var s Status
+	if err := json.Unmarshal(rec.Body.Bytes(), &s); err != nil {
+		t.Fatal(err)
+	}
+	pt := s.PeerTable
+	if pt.Peers != 1 || pt.Revision != 42 || pt.Updates != 3 || pt.MaxUpdateSeconds != 0.003 || pt.LastUpdateSeconds != 0.001 ||
+		pt.UpdateSeconds < 0.0049 || pt.UpdateSeconds > 0.0051 || s.Etcd.Requests["Range"] != 3 {
+		t.Errorf("/status?peers=0 = %+v, etcd %+v", pt, s.Etcd)
+	}
+	if err := json.Unmarshal(get(t, srv, "/status").Body.Bytes(), &s); err != nil || len(s.Peers) != 1 {
+		t.Errorf("/status peers %v (%v), want the one peer", s.Peers, err)
+	}
+	m := get(t, srv, "/metrics").Body.String()
+	for _, want := range []string{"weft_peers 1", "weft_peer_table_revision 42", "weft_peer_table_updates_total 3",
+		`weft_etcd_requests_total{method="Range"} 3`, `weft_etcd_requests_total{method="Watch"} 1`, "weft_peer_table_update_seconds_total 0.005"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}

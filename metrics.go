@@ -18,6 +18,10 @@ var (
 	descBuildInfo     = prometheus.NewDesc("weft_build_info", "weft's version, commit and Go version (always 1).", []string{"version", "commit", "goversion"}, nil)
 	descReady         = prometheus.NewDesc("weft_ready", "1 when /readyz would answer 200.", nil, nil)
 	descPeers         = prometheus.NewDesc("weft_peers", "Peers in the data path's table.", nil, nil)
+	descTableRev      = prometheus.NewDesc("weft_peer_table_revision", "etcd revision of the newest lease change in the data path's table.", nil, nil)
+	descTableUpdates  = prometheus.NewDesc("weft_peer_table_updates_total", "Updates of the data path's peer table.", nil, nil)
+	descTableSeconds  = prometheus.NewDesc("weft_peer_table_update_seconds_total", "Time spent updating the data path's peer table.", nil, nil)
+	descEtcdRequests  = prometheus.NewDesc("weft_etcd_requests_total", "Requests sent to etcd, by gRPC method (stream messages count one each).", []string{"method"}, nil)
 	descLeaseExpiry   = prometheus.NewDesc("weft_lease_expiry_timestamp_seconds", "When this node's lease expires (0 for a reservation or no lease yet).", nil, nil)
 	descRenewals      = prometheus.NewDesc("weft_lease_renewals_total", "Lease renewal attempts by result.", []string{"result"}, nil)
 	descEtcdUp        = prometheus.NewDesc("weft_etcd_up", "1 while the connection to etcd is up.", nil, nil)
@@ -41,7 +45,7 @@ var (
 type collector struct{ h *health }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descLeaseExpiry, descRenewals, descEtcdUp,
+	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descTableRev, descTableUpdates, descTableSeconds, descEtcdRequests, descLeaseExpiry, descRenewals, descEtcdUp,
 		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descOffload, descOffloadFalls,
 		descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
 		ch <- d
@@ -49,7 +53,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	s := c.h.status()
+	s := c.h.statusOf(c.h.peerMetrics)
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
@@ -58,7 +62,13 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descBuildInfo, 1, version, commitString(), runtime.Version())
 	gauge(descReady, boolFloat(s.Ready))
-	gauge(descPeers, float64(len(s.Peers)))
+	gauge(descPeers, float64(s.PeerTable.Peers))
+	gauge(descTableRev, float64(s.PeerTable.Revision))
+	counter(descTableUpdates, s.PeerTable.Updates)
+	ch <- prometheus.MustNewConstMetric(descTableSeconds, prometheus.CounterValue, s.PeerTable.UpdateSeconds)
+	for method, n := range s.Etcd.Requests {
+		counter(descEtcdRequests, n, method)
+	}
 	expiry := 0.0
 	if s.Lease != nil && !s.Lease.Reserved {
 		expiry = float64(s.Lease.Expiration.UnixMilli()) / 1000

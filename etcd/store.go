@@ -71,6 +71,13 @@ type Config struct {
 	// Logger receives warnings (skipped keys, failed cleanups); nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// NoExpirations leaves Lease.Expiration zero in ListLeases and
+	// WatchLeases. Filling it costs one TimeToLive request per etcd lease
+	// read, which in a cluster of thousands of nodes, each listing and
+	// watching every lease, dominates etcd's load. The daemon needs only
+	// its own lease's expiration, which CreateLease and RenewLease return;
+	// `weft leases` wants all of them.
+	NoExpirations bool
 }
 
 // Store is a subnet.Store backed by an etcd v3 client. It is safe for
@@ -83,6 +90,8 @@ type Store struct {
 	endpoints string // for error messages: "[http://a:2379,http://b:2379]"
 	configKey string // <prefix>/config
 	leasesDir string // <prefix>/subnets/ (trailing slash)
+	noExp     bool
+	requests  *requestCounter
 }
 
 var _ subnet.Store = (*Store)(nil)
@@ -117,6 +126,7 @@ func New(c Config) (*Store, error) {
 		dialTimeout = defaultDialTimeout
 	}
 	eps := "[" + strings.Join(c.Endpoints, ",") + "]"
+	requests := &requestCounter{}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            c.Endpoints,
 		TLS:                  tlsCfg,
@@ -128,7 +138,10 @@ func New(c Config) (*Store, error) {
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 200 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: reconnectMaxDelay},
 			MinConnectTimeout: 2 * time.Second,
-		})},
+		}),
+			grpc.WithChainUnaryInterceptor(requests.unary),
+			grpc.WithChainStreamInterceptor(requests.stream),
+		},
 		// The client logs every retry; our errors carry what matters.
 		Logger: zap.NewNop(),
 	})
@@ -146,6 +159,8 @@ func New(c Config) (*Store, error) {
 		endpoints: eps,
 		configKey: path.Join(prefix, "config"),
 		leasesDir: path.Join(prefix, "subnets") + "/",
+		noExp:     c.NoExpirations,
+		requests:  requests,
 	}, nil
 }
 
@@ -260,7 +275,7 @@ func (s *Store) PutNetworkConfig(ctx context.Context, data []byte) error {
 
 // ListLeases reads every lease under <prefix>/subnets/ at one revision.
 // Keys or values that do not parse are skipped with a warning. Expiration
-// comes from one TimeToLive call per etcd lease.
+// comes from one TimeToLive call per etcd lease, unless NoExpirations.
 func (s *Store) ListLeases(ctx context.Context) ([]subnet.Lease, int64, error) {
 	resp, err := s.cli.Get(ctx, s.leasesDir, clientv3.WithPrefix())
 	if err != nil {
@@ -286,6 +301,9 @@ func (s *Store) ListLeases(ctx context.Context) ([]subnet.Lease, int64, error) {
 			seen[kv.Lease] = true
 			ids = append(ids, kv.Lease)
 		}
+	}
+	if s.noExp {
+		ids = nil
 	}
 	exp, err := s.expirations(ctx, ids)
 	if err != nil {
@@ -401,8 +419,11 @@ func (s *Store) checkAttached(ctx context.Context, key string, id int64) error {
 func (s *Store) WatchLeases(ctx context.Context, fromRev int64, handle func(events []subnet.Event, rev int64)) error {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// No WithPrevKV: etcd would read the previous value from its backend
+	// for every event and every watcher, and with thousands of nodes each
+	// change would cost thousands of reads; a removal names its subnet.
 	wch := s.cli.Watch(clientv3.WithRequireLeader(wctx), s.leasesDir,
-		clientv3.WithPrefix(), clientv3.WithRev(fromRev+1), clientv3.WithPrevKV())
+		clientv3.WithPrefix(), clientv3.WithRev(fromRev+1))
 	for resp := range wch {
 		if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
 			return fmt.Errorf("watch leases %s from revision %d: compacted up to %d: %w",
@@ -432,7 +453,7 @@ func (s *Store) convert(ctx context.Context, evs []*clientv3.Event) []subnet.Eve
 	// joins, a flanneld renews), and the expiration is then exact.
 	var ids []int64
 	for _, ev := range evs {
-		if ev.Type == clientv3.EventTypePut && ev.Kv.Lease != 0 {
+		if ev.Type == clientv3.EventTypePut && ev.Kv.Lease != 0 && !s.noExp {
 			ids = append(ids, ev.Kv.Lease)
 		}
 	}
@@ -453,13 +474,6 @@ func (s *Store) convert(ctx context.Context, evs []*clientv3.Event) []subnet.Eve
 		}
 		l := subnet.Lease{Subnet: sn}
 		if ev.Type == clientv3.EventTypeDelete {
-			if prev := ev.PrevKv; prev != nil {
-				// Not needed by the contract, but says who left in logs.
-				l.ID = prev.Lease
-				if a, err := subnet.ParseAttrs(prev.Value); err == nil {
-					l.Attrs = a
-				}
-			}
 			out = append(out, subnet.Event{Type: subnet.EventRemoved, Lease: l})
 			continue
 		}

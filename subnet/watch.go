@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -26,11 +25,14 @@ type WatchOptions struct {
 	Initial []Lease
 	Rev     int64
 	// OnChange is called, never concurrently, after each batch of
-	// changes with the full current set (a fresh map the callee may keep;
-	// Watch never touches it again) and the events that led to it. It is
-	// not called for batches without events. The set includes this node's
-	// own lease: filtering it out is the caller's business.
-	OnChange func(current map[netip.Prefix]Lease, events []Event)
+	// changes with its events and the store revision they bring the reader
+	// to. Applied in order to Initial, the events give the current set
+	// (after a compaction they are the difference to the re-listed set), so
+	// a caller updates its state in proportion to the change, not to the
+	// cluster's size. It is not called for batches without events. Events
+	// include this node's own lease: filtering it out is the caller's
+	// business.
+	OnChange func(events []Event, rev int64)
 	// OnRestart, if set, is called each time a watch attempt ends and a
 	// new one is made: reason is "compacted" (re-listed) or "broken".
 	OnRestart func(reason string)
@@ -224,6 +226,6 @@ func (w *watcher) relist(ctx context.Context, quiet bool) error {
 
 func (w *watcher) notify(events []Event) {
 	if w.o.OnChange != nil {
-		w.o.OnChange(maps.Clone(w.current), slices.Clip(events))
+		w.o.OnChange(slices.Clip(events), w.rev)
 	}
 }

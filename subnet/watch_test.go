@@ -15,8 +15,9 @@ import (
 )
 
 type change struct {
-	current map[netip.Prefix]subnet.Lease
+	current map[netip.Prefix]subnet.Lease // Initial with every event so far applied
 	events  []subnet.Event
+	rev     int64
 }
 
 type watchRun struct {
@@ -36,11 +37,26 @@ func startWatch(t *testing.T, s subnet.Store, clk subnet.Clock) *watchRun {
 		t.Fatal(err)
 	}
 	log, logs := newLogger()
+	cur := make(map[netip.Prefix]subnet.Lease, len(leases))
+	for _, l := range leases {
+		cur[l.Subnet] = l
+	}
 	w := &watchRun{changes: make(chan change, 100), restarts: make(chan string, 100), done: make(chan error, 1), cancel: cancel, logs: logs}
 	go func() {
 		w.done <- subnet.Watch(ctx, subnet.WatchOptions{
 			Store: s, Clock: clk, Logger: log, Initial: leases, Rev: rev,
-			OnChange:  func(cur map[netip.Prefix]subnet.Lease, ev []subnet.Event) { w.changes <- change{cur, ev} },
+			OnChange: func(ev []subnet.Event, rev int64) {
+				// Events alone must be enough to follow the set: the
+				// daemon updates its table from them.
+				for _, e := range ev {
+					if e.Type == subnet.EventRemoved {
+						delete(cur, e.Lease.Subnet)
+					} else {
+						cur[e.Lease.Subnet] = e.Lease
+					}
+				}
+				w.changes <- change{maps.Clone(cur), ev, rev}
+			},
 			OnRestart: func(reason string) { w.restarts <- reason },
 		})
 	}()
@@ -134,8 +150,12 @@ func TestWatchAddRemove(t *testing.T) {
 	sameSet(t, c.current, s)
 
 	s.DeleteLease(pfx("198.19.1.0/24"))
+	rev := c.rev
 	c = w.collect(t, "-198.19.1.0/24")
 	sameSet(t, c.current, s)
+	if _, storeRev, _ := s.ListLeases(context.Background()); c.rev <= rev || c.rev != storeRev {
+		t.Errorf("revision after the delete %d, want > %d and the store's %d", c.rev, rev, storeRev)
+	}
 
 	// Expiry looks like a delete.
 	clk.Advance(time.Hour)
@@ -372,7 +392,7 @@ func TestWatchRetryCutsBackoff(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- subnet.Watch(ctx, subnet.WatchOptions{Store: s, Clock: clk, Initial: leases, Rev: rev, Retry: retry,
-			OnChange: func(_ map[netip.Prefix]subnet.Lease, ev []subnet.Event) { changes <- ev }})
+			OnChange: func(ev []subnet.Event, _ int64) { changes <- ev }})
 	}()
 	waitWatching(t, s)
 	s.BreakWatches(nil)

@@ -121,8 +121,18 @@ func (f *Forwarder) UpdatePeers(local netip.Prefix, peers []Peer) {
 	f.peers.Store(f.peers.Load().Next(local, peers))
 }
 
+// ApplyPeers publishes the current table with changes made (see
+// Table.Apply): the cheap path for a few lease changes. Control plane only,
+// like UpdatePeers: calls must not race each other or UpdatePeers.
+func (f *Forwarder) ApplyPeers(local netip.Prefix, changes []PeerChange) {
+	f.peers.Store(f.peers.Load().Apply(local, changes))
+}
+
 // PeerTraffic returns every peer of the current table with its counters.
 func (f *Forwarder) PeerTraffic() []PeerTraffic { return f.peers.Load().Traffic() }
+
+// Table returns the current peer table (immutable; nil when empty).
+func (f *Forwarder) Table() *Table { return f.peers.Load() }
 
 // SetPeers replaces the peer table. It is safe to call from any goroutine;
 // each batch uses the table current when it was read. nil empties it.

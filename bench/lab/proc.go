@@ -176,6 +176,15 @@ func (p *Proc) Stop(timeout time.Duration) error {
 	return fmt.Errorf("lab: %s (pid %d) ignored SIGTERM for %v; killed", p.Name, p.cmd.Process.Pid, timeout)
 }
 
+// Interrupt sends SIGINT, which ends ping(8) and iperf3 with their
+// summaries; Wait then collects the exit.
+func (p *Proc) Interrupt() error {
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("lab: signal %s (pid %d): %w", p.Name, p.cmd.Process.Pid, err)
+	}
+	return nil
+}
+
 // Output is what the process wrote so far.
 func (p *Proc) Output() string {
 	b, err := os.ReadFile(p.LogFile)

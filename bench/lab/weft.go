@@ -438,27 +438,36 @@ func (l *Lab) Status(i int) (*Status, error) {
 
 // StatusContext is Status with a context.
 func (l *Lab) StatusContext(ctx context.Context, i int) (*Status, error) {
-	if _, err := l.node(i); err != nil {
+	var s Status
+	if err := l.GetJSON(ctx, i, "/status", &s); err != nil {
 		return nil, err
 	}
-	u := l.URL(i, "/status")
+	return &s, nil
+}
+
+// GetJSON fetches path from node i's status server and decodes the JSON
+// answer (at most 4 MiB) into v.
+func (l *Lab) GetJSON(ctx context.Context, i int, path string, v any) error {
+	if _, err := l.node(i); err != nil {
+		return err
+	}
+	u := l.URL(i, path)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
-		return nil, fmt.Errorf("lab: GET %s: %w", u, err)
+		return fmt.Errorf("lab: GET %s: %w", u, err)
 	}
 	resp, err := httpClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("lab: GET %s: %w", u, err)
+		return fmt.Errorf("lab: GET %s: %w", u, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("lab: GET %s: %s", u, resp.Status)
+		return fmt.Errorf("lab: GET %s: %s", u, resp.Status)
 	}
-	var s Status
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&s); err != nil {
-		return nil, fmt.Errorf("lab: decode %s: %w", u, err)
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(v); err != nil {
+		return fmt.Errorf("lab: decode %s: %w", u, err)
 	}
-	return &s, nil
+	return nil
 }
 
 func tail(s string, lines int) string {

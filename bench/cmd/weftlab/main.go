@@ -3,6 +3,7 @@
 //	weftlab demo -weft PATH [-nodes 3] [-bytes 256MiB]   show a cluster working, then tear it down
 //	weftlab up -weft PATH [-nodes 3]                     keep a cluster up until Ctrl-C
 //	weftlab bench -weft PATH [-seconds 10] [-rounds 3]   benchmark weft against kernel VXLAN, host-gw, veth
+//	weftlab scale -weft PATH [-sizes 100,1000,5000]        measure the control plane at cluster sizes
 //	weftlab cleanup                                      remove what killed labs left behind
 //
 // It builds nothing: `make demo` builds weft first.
@@ -40,6 +41,10 @@ const usage = `weftlab runs weft clusters in network namespaces (needs root).
       measure weft, kernel VXLAN, host-gw and bare veth (and each -path) between
       two namespaces, interleaved per round; write report.md, chart.svg and
       results.json to -out. Needs iperf3. See bench/README.md.
+  weftlab scale -weft PATH [-sizes 100,1000,5000] [-churn 20s] [-quiet 5s] [-rate 0] [-out bench/results] [-v]
+      three daemons watch simulated nodes' leases in one etcd at each size: bulk
+      load, churn, propagation, RSS, CPU, etcd requests, start-up; writes
+      scale.md, scale.svg and scale.json to -out. Exits 1 if a target is missed.
   weftlab cleanup
       remove namespaces and veths left by weftlab processes that were killed.
 `
@@ -59,6 +64,8 @@ func main() {
 		code = runBench(args, os.Stdout)
 	case "soak":
 		code = runSoak(args, os.Stdout)
+	case "scale":
+		code = runScale(args, os.Stdout)
 	case "cleanup":
 		code = runCleanup(os.Stdout)
 	case "-h", "-help", "--help", "help":
@@ -77,6 +84,8 @@ type clusterFlags struct {
 	mtu     int
 	keep    bool
 	verbose bool
+	// network is the flannel network config (default: the lab's).
+	network string
 }
 
 func (c *clusterFlags) register(fs *flag.FlagSet) {
@@ -168,7 +177,7 @@ func startCluster(s *session, c clusterFlags) (*lab.Lab, time.Duration, error) {
 	}
 	l, err := lab.New(lab.Options{
 		Nodes: c.nodes, MTU: c.mtu, WeftBin: c.weft, WeftArgs: weftArgs,
-		KeepDir: c.keep, Logger: logger,
+		KeepDir: c.keep, Logger: logger, NetworkConfig: c.network,
 	})
 	if err != nil {
 		return nil, 0, err
