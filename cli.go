@@ -56,6 +56,9 @@ type options struct {
 	logFormat    string
 	peerMetrics  bool
 	offload      bool
+	splitDirs    bool
+	offloads     string
+	useOffload   map[string]bool // parsed from offload and offloads
 }
 
 func (o *options) etcdFlags(fs *pflag.FlagSet) {
@@ -88,6 +91,8 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.statusSocket, "status-socket", defaultStatusSocket, "unix socket the weft status command asks (empty: none)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&o.offload, "offload", true, "use kernel offloads on the data path (UDP GSO/GRO, TUN TSO and checksums) where the kernel has them; false is the plain path")
+	fs.StringVar(&o.offloads, "offloads", "tun,gso,gro", "with -offload, which offloads to use: tun (TSO, checksum offload and coalesced writes on the TUN), gso (UDP segmentation on send), gro (UDP coalescing on receive); leave one out to work around a kernel bug in it")
+	fs.BoolVar(&o.splitDirs, "split-directions", false, "forward each direction in a thread of its own instead of one thread polling TUN and socket together (for comparison; slower on few CPUs)")
 	fs.BoolVar(&o.peerMetrics, "peer-metrics", false, "export per-peer traffic counters on /metrics (one series per node: mind the cardinality)")
 	fs.StringVar(&o.sourceCheck, "source-check", "strict", "which datagrams to accept: strict (from the PublicIP of the lease holding the inner source), nat (inner source in any lease, for peers behind NAT), off (any, as flanneld)")
 }

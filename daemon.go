@@ -26,6 +26,22 @@ import (
 	"github.com/weft-net/weft/tunnel"
 )
 
+// parseOffloads returns the offloads to use: none without -offload, else
+// those -offloads names.
+func parseOffloads(on bool, list string) (map[string]bool, error) {
+	use := map[string]bool{}
+	for _, name := range strings.Split(list, ",") {
+		switch name = strings.TrimSpace(name); name {
+		case "tun", "gso", "gro":
+			use[name] = on
+		case "":
+		default:
+			return nil, fmt.Errorf("-offloads=%s: unknown offload %q; use a comma-separated list of tun, gso and gro", list, name)
+		}
+	}
+	return use, nil
+}
+
 // routeResync is how often the device, address and route are re-checked,
 // so an operator's `ip route del` heals by itself.
 const routeResync = 10 * time.Second
@@ -67,6 +83,9 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 	check, ok := tunnel.ParseSourceCheck(o.sourceCheck)
 	if !ok {
 		return fmt.Errorf("-source-check=%s: must be strict, nat or off", o.sourceCheck)
+	}
+	if o.useOffload, err = parseOffloads(o.offload, o.offloads); err != nil {
+		return err
 	}
 	if err := o.checkFirewallFlags(); err != nil {
 		return err
@@ -180,7 +199,7 @@ func (d *node) run(ctx context.Context) error {
 	// Bind before leasing: a busy port must not cost a 24 h lease
 	// (flanneld leaks one that way).
 	laddr := netip.AddrPortFrom(d.iface.Addr, uint16(cfg.BackendPort))
-	conn, err := tunnel.ListenUDPConfig(tunnel.UDPConfig{Addr: laddr, GSO: o.offload, GRO: o.offload, Logger: d.log})
+	conn, err := tunnel.ListenUDPConfig(tunnel.UDPConfig{Addr: laddr, GSO: o.useOffload["gso"], GRO: o.useOffload["gro"], Logger: d.log})
 	if err != nil {
 		if errors.Is(err, unix.EADDRINUSE) {
 			return fmt.Errorf("UDP %s is already in use: is flanneld or another weft running on this node? Stop it first: %w", laddr, err)
@@ -230,13 +249,16 @@ func (d *node) run(ctx context.Context) error {
 		TxQueueLen: 1000,
 		Routes:     []netip.Prefix{cfg.Network},
 	}
+	if o.useOffload["tun"] && o.useOffload["gso"] {
+		desired.GSOMaxSegs = tunnel.GSOSegments(mtu)
+	}
 	if err := route.Set(d.nl, desired); err != nil {
 		dev.Close()
 		return err
 	}
 
 	d.fwd = tunnel.NewForwarder(tunnel.Config{Device: dev, Conn: conn, Port: uint16(cfg.BackendPort),
-		SourceCheck: d.sourceCheck, Logger: d.log})
+		SourceCheck: d.sourceCheck, Logger: d.log, SplitDirections: o.splitDirs})
 	connOwned = false
 	d.health.setForwarder(d.fwd, o.tunName, mtu)
 	d.health.setOffloads(dev, conn)
@@ -431,7 +453,7 @@ func (d *node) listLeases(ctx context.Context) ([]subnet.Lease, int64, error) {
 }
 
 func (d *node) openDevice(mtu int) (tunnel.Device, error) {
-	cfg := tunnel.TUNConfig{Name: d.opts.tunName, MTU: mtu, Offload: d.opts.offload, Logger: d.log}
+	cfg := tunnel.TUNConfig{Name: d.opts.tunName, MTU: mtu, Offload: d.opts.useOffload["tun"], Logger: d.log}
 	dev, err := tunnel.OpenTUNConfig(cfg)
 	if err == nil {
 		return dev, nil

@@ -19,10 +19,13 @@ import (
 // kernel match it and removes IPv4 addresses and routes on the link that it
 // does not list.
 type Desired struct {
-	Link       string         // device name, e.g. udp0
-	Addr       netip.Prefix   // IPv4 address of the link, e.g. 198.19.7.0/32
-	MTU        int            // 0 = leave unchanged
-	TxQueueLen int            // 0 = leave unchanged
+	Link       string       // device name, e.g. udp0
+	Addr       netip.Prefix // IPv4 address of the link, e.g. 198.19.7.0/32
+	MTU        int          // 0 = leave unchanged
+	TxQueueLen int          // 0 = leave unchanged
+	// GSOMaxSegs caps the segments of a super-packet the kernel hands the
+	// link (gso_max_segs); 0 = leave unchanged.
+	GSOMaxSegs int
 	Routes     []netip.Prefix // IPv4 networks routed to the link, e.g. 198.19.0.0/16
 }
 
@@ -38,6 +41,9 @@ func (d Desired) validate() error {
 	}
 	if d.TxQueueLen < 0 {
 		return fmt.Errorf("txqueuelen %d is negative", d.TxQueueLen)
+	}
+	if d.GSOMaxSegs < 0 || d.GSOMaxSegs > 65535 {
+		return fmt.Errorf("gso_max_segs %d out of range 1..65535", d.GSOMaxSegs)
 	}
 	for _, r := range d.Routes {
 		// The kernel rejects host bits in a route; say so before touching it.
@@ -86,6 +92,12 @@ func Apply(h *netlink.Handle, d Desired) ([]string, error) {
 			return changes, fmt.Errorf("set txqueuelen %d on %s: %w", d.TxQueueLen, d.Link, err)
 		}
 		changes = append(changes, fmt.Sprintf("set txqueuelen %d on %s (was %d)", d.TxQueueLen, d.Link, attrs.TxQLen))
+	}
+	if d.GSOMaxSegs != 0 && int(attrs.GSOMaxSegs) != d.GSOMaxSegs {
+		if err := h.LinkSetGSOMaxSegs(link, d.GSOMaxSegs); err != nil {
+			return changes, fmt.Errorf("set gso_max_segs %d on %s: %w", d.GSOMaxSegs, d.Link, err)
+		}
+		changes = append(changes, fmt.Sprintf("set gso_max_segs %d on %s (was %d)", d.GSOMaxSegs, d.Link, attrs.GSOMaxSegs))
 	}
 
 	changes, err = setAddr(h, link, d, changes)

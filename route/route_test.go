@@ -15,11 +15,12 @@ import (
 
 // linkState is what Set controls, read back from the kernel.
 type linkState struct {
-	MTU    int
-	TxQLen int
-	Up     bool
-	Addrs  []string // IPv4, sorted
-	Routes []string // main-table IPv4 routes, sorted
+	MTU     int
+	TxQLen  int
+	GSOSegs int
+	Up      bool
+	Addrs   []string // IPv4, sorted
+	Routes  []string // main-table IPv4 routes, sorted
 }
 
 func readState(t *testing.T, h *netlink.Handle, name string) linkState {
@@ -29,7 +30,7 @@ func readState(t *testing.T, h *netlink.Handle, name string) linkState {
 		t.Fatalf("find %s: %v", name, err)
 	}
 	a := link.Attrs()
-	s := linkState{MTU: a.MTU, TxQLen: a.TxQLen, Up: a.Flags&net.FlagUp != 0}
+	s := linkState{MTU: a.MTU, TxQLen: a.TxQLen, GSOSegs: int(a.GSOMaxSegs), Up: a.Flags&net.FlagUp != 0}
 	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
 	if err != nil {
 		t.Fatalf("list addresses: %v", err)
@@ -74,18 +75,20 @@ func TestSet(t *testing.T) {
 		Addr:       netip.MustParsePrefix("198.19.7.0/32"),
 		MTU:        1472,
 		TxQueueLen: 2000,
+		GSOMaxSegs: 44,
 		Routes:     []netip.Prefix{netip.MustParsePrefix("198.19.0.0/16")},
 	}
 	want := linkState{
-		MTU: 1472, TxQLen: 2000, Up: true,
+		MTU: 1472, TxQLen: 2000, GSOSegs: 44, Up: true,
 		Addrs:  []string{"198.19.7.0/32"},
 		Routes: []string{"198.19.0.0/16 scope link proto boot metric 0"},
 	}
 
-	// A new veth starts down with MTU 1500, txqueuelen 1000 and no address: everything changes.
+	// A new veth starts down with MTU 1500, txqueuelen 1000, gso_max_segs
+	// 65535 and no address: everything changes.
 	changes := mustApply(t, h, d)
-	if len(changes) != 5 {
-		t.Errorf("first Set: want 5 changes (mtu, txqueuelen, address, up, route), got %q", changes)
+	if len(changes) != 6 {
+		t.Errorf("first Set: want 6 changes (mtu, txqueuelen, gso_max_segs, address, up, route), got %q", changes)
 	}
 	wantState(t, h, want)
 
@@ -129,11 +132,14 @@ func TestSet(t *testing.T) {
 		if err := h.LinkSetMTU(udp0, 1500); err != nil {
 			t.Fatal(err)
 		}
+		if err := h.LinkSetGSOMaxSegs(udp0, 100); err != nil {
+			t.Fatal(err)
+		}
 		if err := h.RouteDel(&netlink.Route{LinkIndex: udp0.Attrs().Index, Dst: mustIPNet(t, "198.19.0.0/16"), Scope: netlink.SCOPE_LINK}); err != nil {
 			t.Fatal(err)
 		}
 		changes := mustApply(t, h, d)
-		if !slices.Equal(changes, []string{"set mtu 1472 on udp0 (was 1500)", "add route 198.19.0.0/16 dev udp0"}) {
+		if !slices.Equal(changes, []string{"set mtu 1472 on udp0 (was 1500)", "set gso_max_segs 44 on udp0 (was 100)", "add route 198.19.0.0/16 dev udp0"}) {
 			t.Errorf("changes = %q", changes)
 		}
 		wantState(t, h, want)
@@ -239,6 +245,7 @@ func TestSetRejectsInvalid(t *testing.T) {
 		"tiny mtu":      {func(d *Desired) { d.MTU = 67 }, "mtu 67 out of range"},
 		"huge mtu":      {func(d *Desired) { d.MTU = 65536 }, "mtu 65536 out of range"},
 		"negative qlen": {func(d *Desired) { d.TxQueueLen = -1 }, "txqueuelen -1"},
+		"huge gso segs": {func(d *Desired) { d.GSOMaxSegs = 70000 }, "gso_max_segs 70000 out of range"},
 		"host bits": {func(d *Desired) {
 			d.Routes = append(d.Routes, netip.MustParsePrefix("198.19.1.0/15"))
 		}, "route 198.19.1.0/15 is not an IPv4 network prefix"},

@@ -250,10 +250,23 @@ func (t *tun) Offload() OffloadState {
 
 // Read implements Device.
 func (t *tun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return t.read(bufs, sizes, offset, true)
+}
+
+// TryRead is Read that returns 0 packets instead of waiting for one.
+func (t *tun) TryRead(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return t.read(bufs, sizes, offset, false)
+}
+
+// WaitReadable blocks until the TUN or fd (another device's, polled
+// alongside) has something to read, or the TUN is closed.
+func (t *tun) WaitReadable(fd int) error { return t.waitWith(unix.POLLIN, int32(fd)) }
+
+func (t *tun) read(bufs [][]byte, sizes []int, offset int, block bool) (int, error) {
 	t.rmu.Lock()
 	defer t.rmu.Unlock()
 	if t.vnet {
-		return t.readVnet(bufs, sizes, offset)
+		return t.readVnet(bufs, sizes, offset, block)
 	}
 	for {
 		if t.closed.Load() {
@@ -280,7 +293,7 @@ func (t *tun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			}
 			return 0, fmt.Errorf("read from tun %s: %w", t.name, err)
 		}
-		if n > 0 {
+		if n > 0 || !block {
 			return n, nil
 		}
 		if err := t.wait(unix.POLLIN); err != nil {
@@ -294,7 +307,7 @@ type readStats struct {
 	superReads, segments, discarded uint64
 }
 
-func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int) (int, error) {
+func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int, block bool) (int, error) {
 	var st readStats
 	defer t.addReadStats(&st)
 	for {
@@ -326,7 +339,7 @@ func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int) (int, error) {
 			}
 			n = t.receive(bufs, sizes, offset, n, dst, direct, int(r), &st)
 		}
-		if n > 0 {
+		if n > 0 || !block {
 			return n, nil
 		}
 		if err := t.wait(unix.POLLIN); err != nil {
@@ -573,10 +586,15 @@ func iovec(b []byte) unix.Iovec {
 }
 
 // wait blocks until the TUN fd has events or Close is called.
-func (t *tun) wait(events int16) error {
-	fds := [2]unix.PollFd{
+func (t *tun) wait(events int16) error { return t.waitWith(events, -1) }
+
+// waitWith is wait that also returns when fd (if not negative) is
+// readable.
+func (t *tun) waitWith(events int16, fd int32) error {
+	fds := [3]unix.PollFd{
 		{Fd: int32(t.fd), Events: events},
 		{Fd: int32(t.evfd), Events: unix.POLLIN},
+		{Fd: fd, Events: unix.POLLIN}, // poll ignores a negative fd
 	}
 	for {
 		_, err := unix.Poll(fds[:], -1)

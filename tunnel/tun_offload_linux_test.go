@@ -566,12 +566,35 @@ func TestTUNOffloadCloseWakesRead(t *testing.T) {
 // packet (the wire rule a stock flanneld receiver depends on).
 type checkingConn struct {
 	tunnel.Conn
-	good, bad atomic.Uint64
-	firstBad  atomic.Pointer[string]
+	good, bad       atomic.Uint64
+	firstBad        atomic.Pointer[string]
+	reads, tryReads atomic.Uint64 // which path the forwarder took
+}
+
+// jointConn is what the forwarder needs to serve both directions in one
+// goroutine; the Linux UDP conn has it.
+type jointConn interface {
+	TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error)
+	FD() int
 }
 
 func (c *checkingConn) Read(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error) {
+	c.reads.Add(1)
 	n, err := c.Conn.Read(bufs, sizes, addrs)
+	c.check(bufs, sizes, n)
+	return n, err
+}
+
+func (c *checkingConn) TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error) {
+	c.tryReads.Add(1)
+	n, err := c.Conn.(jointConn).TryRead(bufs, sizes, addrs)
+	c.check(bufs, sizes, n)
+	return n, err
+}
+
+func (c *checkingConn) FD() int { return c.Conn.(jointConn).FD() }
+
+func (c *checkingConn) check(bufs [][]byte, sizes []int, n int) {
 	for i := range n {
 		if verr := tunnel.VerifyPacket(bufs[i][:sizes[i]]); verr != nil {
 			if c.bad.Add(1) == 1 {
@@ -582,7 +605,6 @@ func (c *checkingConn) Read(bufs [][]byte, sizes []int, addrs []netip.AddrPort) 
 		}
 		c.good.Add(1)
 	}
-	return n, err
 }
 
 // tunNode is one side of TestForwardTCPThroughOffloadTUNs.
@@ -619,6 +641,12 @@ func openTUNNode(t *testing.T, offload bool, addr, routed string) *tunNode {
 	if err := h.LinkSetMTU(link, dev.MTU()); err != nil {
 		t.Fatal(err)
 	}
+	if offload {
+		// As the daemon does: one super-packet is one GSO message.
+		if err := h.LinkSetGSOMaxSegs(link, tunnel.GSOSegments(dev.MTU())); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := h.LinkSetUp(link); err != nil {
 		t.Fatal(err)
 	}
@@ -634,15 +662,18 @@ func openTUNNode(t *testing.T, offload bool, addr, routed string) *tunNode {
 // TUN offloads on both sides, and mixed pairs (on one side, off on the
 // other). The stream must arrive intact, every datagram on the wire must be
 // one valid inner packet, and the offloads must have been used.
+//
+// By default each forwarder serves both directions from one goroutine;
+// split runs the one-goroutine-per-direction path.
 func TestForwardTCPThroughOffloadTUNs(t *testing.T) {
-	for _, tc := range []struct{ a, b bool }{{true, true}, {true, false}, {false, true}} {
-		t.Run(fmt.Sprintf("A=%v/B=%v", tc.a, tc.b), func(t *testing.T) {
-			testForwardTCPThroughTUNs(t, tc.a, tc.b)
+	for _, tc := range []struct{ a, b, split bool }{{true, true, false}, {true, false, false}, {false, true, false}, {true, true, true}, {false, false, true}} {
+		t.Run(fmt.Sprintf("A=%v/B=%v/split=%v", tc.a, tc.b, tc.split), func(t *testing.T) {
+			testForwardTCPThroughTUNs(t, tc.a, tc.b, tc.split)
 		})
 	}
 }
 
-func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB bool) {
+func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
 	p := newVethPair(t, 1500)
 	checkLeaks(t)
 	subA, subB := netip.MustParsePrefix("198.19.1.0/24"), netip.MustParsePrefix("198.19.2.0/24")
@@ -655,9 +686,9 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB bool) {
 		t.Cleanup(func() { n.dev.Close() })
 	}
 
-	fwdA := tunnel.NewForwarder(tunnel.Config{Device: a.dev, Conn: a.conn, Port: b.conn.LocalAddr().Port()})
+	fwdA := tunnel.NewForwarder(tunnel.Config{Device: a.dev, Conn: a.conn, Port: b.conn.LocalAddr().Port(), SplitDirections: split})
 	fwdA.SetPeers(tunnel.NewTable(subA, []tunnel.Peer{{Subnet: subB, Addr: underlayB}}))
-	fwdB := tunnel.NewForwarder(tunnel.Config{Device: b.dev, Conn: b.conn, Port: a.conn.LocalAddr().Port()})
+	fwdB := tunnel.NewForwarder(tunnel.Config{Device: b.dev, Conn: b.conn, Port: a.conn.LocalAddr().Port(), SplitDirections: split})
 	fwdB.SetPeers(tunnel.NewTable(subB, []tunnel.Peer{{Subnet: subA, Addr: underlayA}}))
 	stopA, stopB := runForwarder(t, fwdA), runForwarder(t, fwdB)
 
@@ -730,6 +761,11 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB bool) {
 	for name, c := range map[string]*checkingConn{"A": a.conn, "B": b.conn} {
 		if c.bad.Load() != 0 {
 			t.Errorf("%s received %d datagrams that are not one valid inner packet, first: %s", name, c.bad.Load(), *c.firstBad.Load())
+		}
+	}
+	for name, c := range map[string]*checkingConn{"A": a.conn, "B": b.conn} {
+		if r, tr := c.reads.Load(), c.tryReads.Load(); split && tr != 0 || !split && r != 0 {
+			t.Errorf("%s: %d blocking reads and %d tries with split=%v: the forwarder took the other path", name, r, tr, split)
 		}
 	}
 	if b.conn.good.Load() < uint64(len(data)/1472) {

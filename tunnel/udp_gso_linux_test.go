@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 	"unsafe"
@@ -523,5 +524,50 @@ func BenchmarkUDPLoopback(b *testing.B) {
 				b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "datagrams/s")
 			})
 		}
+	}
+}
+
+// TestUDPGROWholeMessages: a Read starts a received message only if all of
+// its datagrams fit the buffers left, so a run the TUN side coalesces back
+// into one super-packet is not cut at the batch's end; a message larger
+// than the whole batch is still handed out in pieces.
+func TestUDPGROWholeMessages(t *testing.T) {
+	const offset = 16
+	a, b := listenOffload(t, true, false), listenOffload(t, false, true)
+	groups := [][]int{repeat(5, 1000), repeat(5, 900), repeat(12, 800)}
+	var want [][]byte
+	for _, g := range groups {
+		bufs := packets(offset, g...)
+		want = append(want, bufs...)
+		if err := a.Write(bufs, offset, b.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in := make([][]byte, 8)
+	for i := range in {
+		in[i] = make([]byte, 1500)
+	}
+	sz := make([]int, len(in))
+	addrs := make([]netip.AddrPort, len(in))
+	timer := time.AfterFunc(5*time.Second, func() { b.Close() })
+	defer timer.Stop()
+	var got [][]byte
+	var counts []int
+	for len(got) < len(want) {
+		n, err := b.Read(in, sz, addrs)
+		if err != nil {
+			t.Fatalf("after %d datagrams: %v", len(got), err)
+		}
+		counts = append(counts, n)
+		for i := range n {
+			got = append(got, bytes.Clone(in[i][:sz[i]]))
+		}
+	}
+	expectDatagrams(t, got, want, offset)
+	if st := b.UDPOffload(); st.GROReceives != 3 {
+		t.Skipf("the kernel delivered %d multi-datagram messages, not the 3 sent: %+v", st.GROReceives, st)
+	}
+	if !slices.Equal(counts, []int{5, 5, 8, 4}) {
+		t.Errorf("Reads returned %v datagrams, want [5 5 8 4]: whole messages, and the 12 in two", counts)
 	}
 }

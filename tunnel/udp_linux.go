@@ -171,10 +171,22 @@ func setBuffer(fd, force, plain int) error {
 // buffer is cut short. With GRO, datagrams left over from the last
 // recvmmsg are returned first, without a system call.
 func (c *udpConn) Read(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error) {
+	return c.read(bufs, sizes, addrs, unix.MSG_WAITFORONE)
+}
+
+// TryRead is Read that returns 0 datagrams instead of waiting for one.
+func (c *udpConn) TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error) {
+	return c.read(bufs, sizes, addrs, unix.MSG_DONTWAIT)
+}
+
+// FD is the socket, for polling it together with a device.
+func (c *udpConn) FD() int { return c.fd }
+
+func (c *udpConn) read(bufs [][]byte, sizes []int, addrs []netip.AddrPort, flags int) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	if c.groOn {
-		return c.readGRO(bufs, sizes, addrs)
+		return c.readGRO(bufs, sizes, addrs, flags)
 	}
 	// Without GRO every message is one datagram: receive straight into
 	// the caller's buffers.
@@ -183,7 +195,7 @@ func (c *udpConn) Read(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int,
 		c.riovs[i].Base = &bufs[i][0]
 		c.riovs[i].SetLen(len(bufs[i]))
 	}
-	got, err := c.recvmmsg(n)
+	got, err := c.recvmmsg(n, flags)
 	for i := range got {
 		sizes[i] = int(c.rmsgs[i].Len)
 		addrs[i] = c.source(i)
@@ -193,8 +205,9 @@ func (c *udpConn) Read(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int,
 }
 
 // recvmmsg receives up to n messages into c.rmsgs as set up by the caller,
-// blocking for the first.
-func (c *udpConn) recvmmsg(n int) (int, error) {
+// blocking for the first unless flags hold MSG_DONTWAIT (then nothing
+// queued is 0 messages, not an error).
+func (c *udpConn) recvmmsg(n, flags int) (int, error) {
 	for i := range n {
 		h := &c.rmsgs[i].Hdr
 		h.Namelen = unix.SizeofSockaddrInet4
@@ -209,9 +222,12 @@ func (c *udpConn) recvmmsg(n int) (int, error) {
 			return 0, c.errClosed("read from")
 		}
 		r, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(c.fd),
-			uintptr(unsafe.Pointer(&c.rmsgs[0])), uintptr(n), unix.MSG_WAITFORONE, 0, 0)
+			uintptr(unsafe.Pointer(&c.rmsgs[0])), uintptr(n), uintptr(flags), 0, 0)
 		if errno == unix.EINTR {
 			continue
+		}
+		if errno == unix.EAGAIN && flags&unix.MSG_DONTWAIT != 0 && !c.closed.Load() {
+			return 0, nil
 		}
 		// After shutdown(2) recvmmsg returns an empty "datagram"; the flag
 		// tells it from a real empty one.
