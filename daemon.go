@@ -249,12 +249,20 @@ func (d *node) run(ctx context.Context) error {
 		TxQueueLen: 1000,
 		Routes:     []netip.Prefix{cfg.Network},
 	}
-	if o.useOffload["tun"] && o.useOffload["gso"] {
-		desired.GSOMaxSegs = tunnel.GSOSegments(mtu)
-	}
 	if err := route.Set(d.nl, desired); err != nil {
 		dev.Close()
 		return err
+	}
+	if o.useOffload["tun"] && o.useOffload["gso"] {
+		// A tuning, not a requirement: a kernel that refuses it only
+		// costs an extra datagram message per super-packet.
+		capped := desired
+		capped.GSOMaxSegs = tunnel.GSOSegments(mtu)
+		if err := route.Set(d.nl, capped); err != nil {
+			d.log.Warn("could not cap the TUN's gso_max_segs; forwarding without", "device", o.tunName, "err", err)
+		} else {
+			desired = capped
+		}
 	}
 
 	d.fwd = tunnel.NewForwarder(tunnel.Config{Device: dev, Conn: conn, Port: uint16(cfg.BackendPort),
