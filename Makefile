@@ -53,6 +53,7 @@ check:
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
 	  if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags wgtun . ./tunnel  # the wireguard-go TUN build for bench/README.md's comparison
 
 # Unit, etcd and (as root) namespace end-to-end tests, with the race detector.
 unit:

@@ -460,7 +460,15 @@ func (d *node) listLeases(ctx context.Context) ([]subnet.Lease, int64, error) {
 	}
 }
 
+// openTUNOverride, when set (a build with -tags wgtun), opens the TUN in
+// place of tunnel.OpenTUNConfig.
+var openTUNOverride func(name string, mtu int) (tunnel.Device, error)
+
 func (d *node) openDevice(mtu int) (tunnel.Device, error) {
+	if openTUNOverride != nil {
+		d.log.Warn("this build opens the TUN with wireguard-go's code (-tags wgtun), for comparison only")
+		return openTUNOverride(d.opts.tunName, mtu)
+	}
 	cfg := tunnel.TUNConfig{Name: d.opts.tunName, MTU: mtu, Offload: d.opts.useOffload["tun"], Logger: d.log}
 	dev, err := tunnel.OpenTUNConfig(cfg)
 	if err == nil {
