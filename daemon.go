@@ -510,7 +510,6 @@ func (d *node) publishPeers(own netip.Prefix, leases []subnet.Lease, rev int64) 
 		peers = append(peers, tunnel.Peer{Subnet: l.Subnet, Addr: l.Attrs.PublicIP})
 	}
 	d.fwd.UpdatePeers(own, peers)
-	d.health.setPeers(peers)
 	d.health.tableUpdated(d.fwd.Table().Len(), rev, time.Since(start))
 	return true
 }

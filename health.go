@@ -39,7 +39,6 @@ type health struct {
 	// renewal trouble: since when renewals fail, and the last error.
 	renewFailingSince time.Time
 	renewErr          string
-	peers             []tunnel.Peer
 	fwd               *tunnel.Forwarder
 	device            string
 	mtu               int
@@ -97,11 +96,6 @@ func (h *health) renewFailed(err error, now time.Time) {
 	h.mu.Unlock()
 }
 func (h *health) setReady() { h.mu.Lock(); h.ready = true; h.mu.Unlock() }
-func (h *health) setPeers(p []tunnel.Peer) {
-	h.mu.Lock()
-	h.peers = p
-	h.mu.Unlock()
-}
 
 // tableUpdated records a change of the data path's peer table: its size,
 // the etcd revision it reflects, and what building it took.
@@ -236,24 +230,16 @@ func (h *health) statusOf(withPeers bool) Status {
 	if h.etcdRequests != nil {
 		s.Etcd.Requests = h.etcdRequests()
 	}
-	switch {
-	case h.fwd != nil:
+	if withPeers {
+		s.Peers = []StatusPeer{}
+	}
+	if h.fwd != nil {
 		s.PeerTable.Peers = h.fwd.Table().Len()
 		if withPeers {
-			s.Peers = []StatusPeer{}
 			for _, p := range h.fwd.PeerTraffic() {
 				s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr,
 					TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes})
 			}
-		}
-	default:
-		s.PeerTable.Peers = len(h.peers)
-		if !withPeers {
-			break
-		}
-		s.Peers = []StatusPeer{}
-		for _, p := range h.peers {
-			s.Peers = append(s.Peers, StatusPeer{Subnet: p.Subnet, PublicIP: p.Addr})
 		}
 	}
 	if h.offloads != nil {

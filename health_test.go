@@ -12,7 +12,17 @@ import (
 
 	"github.com/weft-net/weft/subnet"
 	"github.com/weft-net/weft/tunnel"
+	"github.com/weft-net/weft/tunnel/tuntest"
 )
+
+// setTestPeers gives h a forwarder (over fakes) whose table holds peers, as
+// the daemon's does.
+func setTestPeers(h *health, peers []tunnel.Peer) {
+	conn, _ := tuntest.NewConnPair(netip.MustParseAddrPort("198.18.0.2:8285"), netip.MustParseAddrPort("198.18.0.3:8285"))
+	f := tunnel.NewForwarder(tunnel.Config{Device: tuntest.NewDevice("udp0", 1472), Conn: conn})
+	f.UpdatePeers(netip.Prefix{}, peers)
+	h.setForwarder(f, "udp0", 1472)
+}
 
 func get(t *testing.T, h http.Handler, path string) *httptest.ResponseRecorder {
 	t.Helper()
@@ -34,7 +44,7 @@ func TestHealthEndpoints(t *testing.T) {
 	exp := time.Date(2026, 11, 23, 0, 0, 0, 0, time.UTC)
 	h.setLease(subnet.Lease{Subnet: netip.MustParsePrefix("198.19.7.0/24"),
 		Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("198.18.0.2")}, Expiration: exp, ID: 42})
-	h.setPeers([]tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
+	setTestPeers(h, []tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
 	if rec := get(t, srv, "/readyz"); rec.Code != http.StatusServiceUnavailable {
 		t.Errorf("/readyz = %d with a lease but no subnet file yet, want 503", rec.Code)
 	}
@@ -89,7 +99,7 @@ func TestHealthRenewalFailing(t *testing.T) {
 func TestStatusPeerTable(t *testing.T) {
 	h := newHealth()
 	srv := h.handler()
-	h.setPeers([]tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
+	setTestPeers(h, []tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
 	h.tableUpdated(1, 40, 3*time.Millisecond)
 	h.tableUpdated(1, 42, time.Millisecond)
 	h.tableUpdated(1, 41, time.Millisecond) // an older list never moves the revision back

@@ -22,7 +22,7 @@ func testHealth() *health {
 	h.setEtcdUp(true)
 	h.setLease(subnet.Lease{Subnet: netip.MustParsePrefix("198.19.7.0/24"),
 		Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("198.18.0.2")}, Expiration: time.Now().Add(23 * time.Hour), ID: 9})
-	h.setPeers([]tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
+	setTestPeers(h, []tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
 	h.setReady()
 	return h
 }

@@ -190,6 +190,8 @@ func Run(ctx context.Context, l *lab.Lab, o Options) (*Report, error) {
 
 func runSize(ctx context.Context, l *lab.Lab, sm *sims, o Options, n int) (*Size, error) {
 	nodes := len(l.Nodes())
+	pollers := startPollers(l, o.Poll)
+	defer pollers.stop()
 	// Every size starts from no simulated leases, so that its bulk load
 	// is all of it.
 	if c := sm.count(); c > 0 {
@@ -198,13 +200,11 @@ func runSize(ctx context.Context, l *lab.Lab, sm *sims, o Options, n int) (*Size
 		if err != nil {
 			return nil, err
 		}
-		if err := waitRevision(ctx, l, rev, time.Minute); err != nil {
+		if err := pollers.wait(ctx, rev, time.Minute); err != nil {
 			return nil, err
 		}
 	}
 
-	pollers := startPollers(l, o.Poll)
-	defer pollers.stop()
 	ping, err := startPing(l)
 	if err != nil {
 		return nil, err
@@ -391,30 +391,6 @@ func readStatus(ctx context.Context, l *lab.Lab, i int) (*tableStatus, error) {
 		return nil, err
 	}
 	return &s, nil
-}
-
-// waitRevision waits until every daemon's table reflects rev.
-func waitRevision(ctx context.Context, l *lab.Lab, rev int64, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for i := range l.Nodes() {
-		for {
-			s, err := readStatus(ctx, l, i)
-			if err == nil && s.PeerTable.Revision >= rev {
-				break
-			}
-			if time.Now().After(deadline) {
-				got := int64(-1)
-				if s != nil {
-					got = s.PeerTable.Revision
-				}
-				return fmt.Errorf("n%d's table at revision %d, not %d, after %v (err %v)", i, got, rev, timeout, err)
-			}
-			if err := sleep(ctx, 5*time.Millisecond); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
 
 // pollers record, per daemon, when its table revision changed.

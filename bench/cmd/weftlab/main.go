@@ -167,6 +167,21 @@ func (s *session) close() error {
 
 func (s *session) interrupted() bool { return s.ctx.Err() != nil }
 
+// inSession runs job in a new session and tears the lab down after it: a
+// failed teardown makes the exit code at least 1, Ctrl-C makes it 130.
+func inSession(out io.Writer, job func(*session) int) int {
+	s := newSession(out)
+	code := job(s)
+	if err := s.close(); err != nil {
+		fmt.Fprintln(out, "teardown:", err)
+		code = max(code, 1)
+	}
+	if s.interrupted() {
+		return 130
+	}
+	return code
+}
+
 // startCluster creates the lab and starts and readies every node.
 func startCluster(s *session, c clusterFlags) (*lab.Lab, time.Duration, error) {
 	logger := slog.New(slog.DiscardHandler)

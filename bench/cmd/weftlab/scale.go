@@ -58,16 +58,7 @@ func runScale(args []string, out io.Writer) int {
 		fmt.Fprintf(out, "  %s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, a...))
 	}
 
-	s := newSession(out)
-	code := doScale(s, c, o, *dir)
-	if err := s.close(); err != nil {
-		fmt.Fprintln(out, "teardown:", err)
-		code = max(code, 1)
-	}
-	if s.interrupted() {
-		return 130
-	}
-	return code
+	return inSession(out, func(s *session) int { return doScale(s, c, o, *dir) })
 }
 
 func doScale(s *session, c clusterFlags, o scale.Options, dir string) int {

@@ -51,16 +51,7 @@ func runSoak(args []string, out io.Writer) int {
 		return 1
 	}
 
-	s := newSession(out)
-	code := soak(s, c, o, *rate, *report)
-	if err := s.close(); err != nil {
-		fmt.Fprintln(out, "teardown:", err)
-		code = max(code, 1)
-	}
-	if s.interrupted() {
-		return 130
-	}
-	return code
+	return inSession(out, func(s *session) int { return soak(s, c, o, *rate, *report) })
 }
 
 func soak(s *session, c clusterFlags, o lab.SoakOptions, rateMbit float64, reportPath string) int {
