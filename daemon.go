@@ -110,7 +110,8 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 	}
 	defer store.Close()
 
-	d := &node{opts: o, log: log, nl: nl, store: store, iface: iface, publicIP: publicIP, margin: margin, sourceCheck: check, etcdBack: make(chan struct{}, 1)}
+	d := &node{opts: o, log: log, nl: nl, store: store, iface: iface, publicIP: publicIP, margin: margin, sourceCheck: check,
+		etcdBack: make(chan struct{}, 1), etcdWorks: make(chan struct{}, 1)}
 	return d.run(ctx)
 }
 
@@ -152,6 +153,7 @@ type node struct {
 	publishMu   sync.Mutex
 	tableRev    int64         // etcd revision the peer table reflects; under publishMu
 	etcdBack    chan struct{} // the etcd connection came back up
+	etcdWorks   chan struct{} // a call to etcd just succeeded (see etcdWorked)
 
 	cfg    *subnet.Config
 	fwd    *tunnel.Forwarder
@@ -320,7 +322,7 @@ func (d *node) run(ctx context.Context) error {
 	spawn("watch", func(ctx context.Context) error { return d.watch(ctx, lease.Subnet, leases, rev, cancel) })
 	spawn("lease renewal", func(ctx context.Context) error {
 		return subnet.KeepAlive(ctx, d.store, subnet.RealClock{}, d.log, lease, d.margin,
-			func(l subnet.Lease) { d.health.renewed(l) },
+			func(l subnet.Lease) { d.health.renewed(l); d.etcdWorked() },
 			func(err error) { d.health.renewFailed(err, time.Now()) })
 	})
 	// SIGHUP re-applies everything at once, as the timer does slowly.
@@ -570,6 +572,7 @@ func (d *node) watch(ctx context.Context, own netip.Prefix, initial []subnet.Lea
 		OnRestart: d.health.watchRestarted,
 		Retry:     d.etcdBack,
 		OnChange: func(events []subnet.Event, rev int64) {
+			d.etcdWorked()
 			var added, removed int
 			for _, ev := range events {
 				if ev.Lease.Subnet == own && ev.Type == subnet.EventRemoved {
@@ -631,30 +634,79 @@ func (r *retry) wait(ctx context.Context, log *slog.Logger, what string, err err
 	}
 }
 
-// monitorEtcd follows the etcd connection (gRPC's state, no requests) and
-// logs and reports each change once: while etcd is away the data path
-// forwards with the last peer table.
+// etcdRecheck is how often monitorEtcd re-reads gRPC's connection state
+// besides following its changes: a safety net, and the bound on how long a
+// call that worked holds the status up against gRPC saying down.
+const etcdRecheck = 2 * time.Second
+
+// etcdWorked tells monitorEtcd that etcd just answered (a watch batch, a
+// renewal): proof the connection is up, whatever gRPC's state says yet.
+func (d *node) etcdWorked() {
+	select {
+	case d.etcdWorks <- struct{}{}:
+	default:
+	}
+}
+
+// monitorEtcd follows the etcd connection and logs and reports each change
+// once: while etcd is away the data path forwards with the last peer table.
+// It makes no requests: gRPC's connection state says when etcd goes and
+// comes back, as it changes; a call that worked (etcdWorked) also says it
+// is back, so the status never trails a working watch.
 func (d *node) monitorEtcd(ctx context.Context, own netip.Prefix) {
-	for {
+	verdicts := make(chan bool) // gRPC's state: on each change, else every etcdRecheck
+	done := make(chan struct{})
+	defer func() { <-done }()
+	go func() {
+		defer close(done)
 		up := d.store.Connected()
-		if d.health.setEtcdUp(up) {
-			if up {
-				d.log.Info("etcd connection up", "endpoints", d.opts.etcdEndpoints)
-				select { // end a watch's backoff: etcd is back now
-				case d.etcdBack <- struct{}{}:
-				default:
-				}
-			} else {
-				d.log.Warn("etcd connection lost; forwarding with the last peer table until it returns", "endpoints", d.opts.etcdEndpoints)
+		for {
+			select {
+			case verdicts <- up:
+			case <-ctx.Done():
+				return
 			}
-			notify(d.log, d.statusLine(own))
+			wctx, cancel := context.WithTimeout(ctx, etcdRecheck)
+			up = d.store.WaitConnChange(wctx, up)
+			cancel()
 		}
+	}()
+	grpcUp := false // gRPC's previous verdict
+	worked := false // etcd answered since that verdict
+	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(2 * time.Second):
+		case up := <-verdicts:
+			// gRPC going down is news; still down is not if etcd answered
+			// since: a call that worked is the better evidence.
+			if up || grpcUp || !worked {
+				d.setEtcdUp(own, up)
+			}
+			grpcUp, worked = up, false
+		case <-d.etcdWorks:
+			worked = true
+			d.setEtcdUp(own, true)
 		}
 	}
+}
+
+// setEtcdUp records the etcd connection's state, and logs and reports a
+// change.
+func (d *node) setEtcdUp(own netip.Prefix, up bool) {
+	if !d.health.setEtcdUp(up) {
+		return
+	}
+	if up {
+		d.log.Info("etcd connection up", "endpoints", d.opts.etcdEndpoints)
+		select { // end a watch's backoff: etcd is back now
+		case d.etcdBack <- struct{}{}:
+		default:
+		}
+	} else {
+		d.log.Warn("etcd connection lost; forwarding with the last peer table until it returns", "endpoints", d.opts.etcdEndpoints)
+	}
+	notify(d.log, d.statusLine(own))
 }
 
 // statusLine is systemd's one-line STATUS= for `systemctl status weft`.

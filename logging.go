@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// repeatWindow is how long an identical message (same level and text) is
-// held back after it was logged: a failing dependency then costs one line
-// per window with a count, not one per retry.
+// repeatWindow is how long an identical message (same level and text) in a
+// row is held back after it was logged: a failing dependency then costs one
+// line per window with a count, not one per retry.
 const repeatWindow = 30 * time.Second
 
 func newLogger(w io.Writer, format string, verbosity int) (*slog.Logger, error) {
@@ -33,7 +33,10 @@ func newLogger(w io.Writer, format string, verbosity int) (*slog.Logger, error) 
 }
 
 // dedupHandler drops a record whose level and message were logged less
-// than window ago, and adds "repeated=N" to the next one let through.
+// than window ago with nothing else logged since, and adds "repeated=N" to
+// the next one of them let through. Only repeats in a row: a state that
+// flips back within the window ("etcd connection lost", "... up", "...
+// lost") is logged each time, or the log would end on the wrong state.
 type dedupHandler struct {
 	next   slog.Handler
 	state  *dedupState
@@ -44,6 +47,7 @@ type dedupHandler struct {
 type dedupState struct {
 	mu   sync.Mutex
 	seen map[dedupKey]*dedupEntry
+	last dedupKey // of the last record let through
 }
 
 type dedupKey struct {
@@ -68,7 +72,7 @@ func (h *dedupHandler) Handle(ctx context.Context, r slog.Record) error {
 	st := h.state
 	st.mu.Lock()
 	e := st.seen[k]
-	if e != nil && now.Sub(e.last) < h.window {
+	if e != nil && k == st.last && now.Sub(e.last) < h.window {
 		e.suppressed++
 		st.mu.Unlock()
 		return nil
@@ -86,6 +90,7 @@ func (h *dedupHandler) Handle(ctx context.Context, r slog.Record) error {
 		}
 	}
 	suppressed, e.suppressed, e.last = e.suppressed, 0, now
+	st.last = k
 	st.mu.Unlock()
 	if suppressed > 0 {
 		r = r.Clone()

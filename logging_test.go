@@ -28,6 +28,25 @@ func TestDedupHandlerRateLimitsRepeats(t *testing.T) {
 	}
 }
 
+// A state that flips back within the window is logged each time: holding
+// back the second "lost" would leave the log saying "up".
+func TestDedupHandlerLogsEveryStateChange(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC)
+	log := slog.New(newDedupHandler(slog.NewTextHandler(&buf, nil), 30*time.Second, func() time.Time { return now }))
+	for range 2 {
+		log.Warn("etcd connection lost")
+		now = now.Add(time.Second)
+		log.Info("etcd connection up")
+		now = now.Add(time.Second)
+	}
+	log.Warn("etcd connection lost")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 5 || !strings.Contains(lines[4], "etcd connection lost") {
+		t.Fatalf("got %d lines, want all 5 state changes:\n%s", len(lines), buf.String())
+	}
+}
+
 func TestLogFormats(t *testing.T) {
 	var buf bytes.Buffer
 	log, err := newLogger(&buf, "json", 1)

@@ -212,11 +212,36 @@ func (s *Store) Connected() bool {
 	if conn == nil {
 		return false
 	}
-	switch conn.GetState() {
-	case connectivity.Ready, connectivity.Idle:
-		return true
+	return connUp(conn.GetState())
+}
+
+// WaitConnChange blocks until Connected would no longer report wasUp, or
+// ctx ends, and returns what Connected then reports. Like Connected it
+// makes no request: the daemon follows the connection as it changes rather
+// than finding out at its next poll.
+func (s *Store) WaitConnChange(ctx context.Context, wasUp bool) bool {
+	conn := s.cli.ActiveConnection()
+	if conn == nil {
+		<-ctx.Done()
+		return false
 	}
-	return false
+	for {
+		st := conn.GetState()
+		if up := connUp(st); up != wasUp || ctx.Err() != nil {
+			return up
+		}
+		// Moves within one verdict (Ready to Idle, Connecting to
+		// TransientFailure) are waited through: only up or down matters.
+		if !conn.WaitForStateChange(ctx, st) {
+			return connUp(conn.GetState())
+		}
+	}
+}
+
+// connUp is the verdict of one gRPC connectivity state: Idle is up, as no
+// failure is known and the channel connects on the next call.
+func connUp(st connectivity.State) bool {
+	return st == connectivity.Ready || st == connectivity.Idle
 }
 
 // Close releases the client. Calls in flight fail.

@@ -16,6 +16,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/weft-net/weft/etcd/etcdtest"
 	"github.com/weft-net/weft/subnet"
@@ -812,6 +813,81 @@ func TestEtcdDown(t *testing.T) {
 	}
 	cancelWatch()
 	<-errc
+}
+
+// TestWaitConnChange: a wait on the connection ends as soon as etcd goes
+// and as soon as it is back, not on gRPC's moves that keep the verdict
+// (Ready to Idle, Connecting to TransientFailure), and otherwise when its
+// context ends. The test's 30 s context only bounds a failure.
+func TestWaitConnChange(t *testing.T) {
+	srv := etcdtest.NewServer(t)
+	ep := srv.Endpoint()
+	ctx := testCtx(t)
+	s, _ := newStore(t, ep)
+	if _, err := s.GetNetworkConfig(ctx); !errors.Is(err, subnet.ErrNoConfig) {
+		t.Fatalf("GetNetworkConfig: %v, want no config", err)
+	}
+	if !s.Connected() {
+		t.Fatal("not Connected() after a successful call")
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	up := s.WaitConnChange(short, true)
+	cancel()
+	if !up || ctx.Err() != nil {
+		t.Fatalf("WaitConnChange with nothing changing = %v, want true when its context ends", up)
+	}
+	wait := func(wasUp bool) <-chan bool {
+		c := make(chan bool, 1)
+		go func() { c <- s.WaitConnChange(ctx, wasUp) }()
+		return c
+	}
+	result := func(c <-chan bool, what string) bool {
+		t.Helper()
+		select {
+		case up := <-c:
+			if ctx.Err() != nil {
+				t.Fatalf("%s: WaitConnChange ended with the test's context, not on the change", what)
+			}
+			return up
+		case <-ctx.Done():
+			t.Fatalf("%s: WaitConnChange still waiting", what)
+			return false
+		}
+	}
+
+	lost := wait(true)
+	srv.Close()
+	if result(lost, "etcd stopped") {
+		t.Fatal("WaitConnChange after etcd stopped = true, want false")
+	}
+	if s.Connected() {
+		t.Error("Connected() after WaitConnChange said down")
+	}
+	back := wait(false)
+	// gRPC moves on to TransientFailure and retries: no change of verdict.
+	conn := s.cli.ActiveConnection()
+	for st := conn.GetState(); st != connectivity.TransientFailure; st = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, st) {
+			t.Fatalf("gRPC state still %v with etcd down", st)
+		}
+	}
+	select {
+	case up := <-back:
+		t.Fatalf("WaitConnChange(false) = %v with etcd still down", up)
+	case <-time.After(500 * time.Millisecond):
+	}
+
+	srv2, err := etcdtest.StartServer(srv.Dir(), ep)
+	if err != nil {
+		t.Fatalf("restart etcd: %v", err)
+	}
+	t.Cleanup(srv2.Close)
+	if !result(back, "etcd restarted") {
+		t.Fatal("WaitConnChange after etcd restarted = false, want true")
+	}
+	if !s.Connected() {
+		t.Error("not Connected() after WaitConnChange said up")
+	}
 }
 
 func TestTLS(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -214,16 +215,19 @@ func (f *Forwarder) Run(ctx context.Context) error {
 
 // jointDevice and jointConn are a Device and a Conn whose reads can be
 // tried without waiting and whose readiness can be awaited together, so
-// that one goroutine serves both directions.
+// that one goroutine serves both directions. TryRead's empty reports that
+// the read found the queue empty: until a wait says otherwise, another
+// try would be a wasted system call.
 type jointDevice interface {
-	TryRead(bufs [][]byte, sizes []int, offset int) (int, error)
-	// WaitReadable blocks until the device or fd is readable, or the
-	// device is closed.
-	WaitReadable(fd int) error
+	TryRead(bufs [][]byte, sizes []int, offset int) (n int, empty bool, err error)
+	// WaitReadable blocks until the device or fd is readable, the device
+	// is closed, or timeout passes (negative: none), and reports which is
+	// readable (neither on a timeout).
+	WaitReadable(fd int, timeout time.Duration) (devReady, fdReady bool, err error)
 }
 
 type jointConn interface {
-	TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error)
+	TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (n int, empty bool, err error)
 	FD() int
 }
 
@@ -233,29 +237,77 @@ type jointConn interface {
 // has usually queued the ACK already, and it goes out without the sleep
 // and wakeup a second thread would need. Measured on two vCPUs: request/
 // response +35%, voluntary context switches a quarter, single-stream
-// throughput the same (bench/README.md).
+// throughput the same (bench/README.md). A side found empty is not read
+// again until the poll says so, except the TUN right after a write to it
+// (the local stack answers within the write: an ACK, an echo reply).
+//
+// It also keeps the Go scheduler from adding wakeups of its own. The
+// runtime takes the P of a goroutine that has run, or sat in one system
+// call, for 10 ms; when that leaves every P idle its monitor thread
+// (sysmon) sleeps, and the next return from a system call wakes it to run
+// every 20 µs for a millisecond, on the CPU the packets are being forwarded
+// on (seen on every ping, with perf sched). So the loop yields every
+// yieldEvery, and while traffic is recent (keepPolls × keepPoll) it waits
+// in polls shorter than 10 ms; after that it sleeps without a timeout.
 func (f *Forwarder) joint(d jointDevice, c jointConn) error {
 	o, in := &f.out, &f.in
+	lastYield := time.Now()
+	quiet := keepPolls // no traffic yet: wait without a timeout
+	devMore, connMore := true, true
 	for {
-		n, err := d.TryRead(o.bufs, o.sizes, headroom)
-		if n > 0 || err != nil {
-			if err := f.forwardOut(n, err); err != nil {
-				return err
+		if now := time.Now(); now.Sub(lastYield) >= yieldEvery {
+			runtime.Gosched()
+			lastYield = now
+		}
+		if devMore {
+			n, empty, err := d.TryRead(o.bufs, o.sizes, headroom)
+			devMore = !empty
+			if n > 0 || err != nil {
+				quiet = 0
+				if err := f.forwardOut(n, err); err != nil {
+					return err
+				}
 			}
 		}
-		m, cerr := c.TryRead(in.views, in.sizes, in.addrs)
-		if m > 0 || cerr != nil {
-			if err := f.forwardIn(m, cerr); err != nil {
-				return err
+		if connMore {
+			m, empty, err := c.TryRead(in.views, in.sizes, in.addrs)
+			connMore = !empty
+			if m > 0 || err != nil {
+				quiet = 0
+				if err := f.forwardIn(m, err); err != nil {
+					return err
+				}
+				devMore = true
 			}
 		}
-		if n == 0 && m == 0 && err == nil && cerr == nil {
-			if err := d.WaitReadable(c.FD()); err != nil {
-				return err
-			}
+		if devMore || connMore {
+			continue
+		}
+		timeout := time.Duration(-1)
+		if quiet < keepPolls {
+			timeout = keepPoll
+		}
+		var err error
+		devMore, connMore, err = d.WaitReadable(c.FD(), timeout)
+		if err != nil {
+			return err
+		}
+		if !devMore && !connMore {
+			quiet++
 		}
 	}
 }
+
+// The joint loop's scheduler settings (see joint). A loop turn lasts at
+// most keepPoll plus one batch, so yieldEvery + keepPoll stays under the
+// runtime's 10 ms. Each yield costs a wakeup of an idle thread (the
+// runtime looks for other work), hence not more often. keepPolls ×
+// keepPoll is how long after the last packet the loop keeps its P.
+const (
+	yieldEvery = 4 * time.Millisecond
+	keepPoll   = 4 * time.Millisecond
+	keepPolls  = 250
+)
 
 func loop(step func() error) error {
 	for {

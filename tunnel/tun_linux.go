@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -250,19 +251,26 @@ func (t *tun) Offload() OffloadState {
 
 // Read implements Device.
 func (t *tun) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	return t.read(bufs, sizes, offset, true)
+	n, _, err := t.read(bufs, sizes, offset, true)
+	return n, err
 }
 
-// TryRead is Read that returns 0 packets instead of waiting for one.
-func (t *tun) TryRead(bufs [][]byte, sizes []int, offset int) (int, error) {
+// TryRead is Read that returns 0 packets instead of waiting for one;
+// empty reports that it found the queue empty, so more needs a wait.
+func (t *tun) TryRead(bufs [][]byte, sizes []int, offset int) (n int, empty bool, err error) {
 	return t.read(bufs, sizes, offset, false)
 }
 
 // WaitReadable blocks until the TUN or fd (another device's, polled
-// alongside) has something to read, or the TUN is closed.
-func (t *tun) WaitReadable(fd int) error { return t.waitWith(unix.POLLIN, int32(fd)) }
+// alongside) has something to read, the TUN is closed, or timeout passes
+// (negative: no timeout); it reports which of the two is ready (neither
+// on a timeout).
+func (t *tun) WaitReadable(fd int, timeout time.Duration) (tunReady, fdReady bool, err error) {
+	fds, err := t.waitFor(unix.POLLIN, int32(fd), timeout)
+	return fds[0].Revents != 0, fds[2].Revents != 0, err
+}
 
-func (t *tun) read(bufs [][]byte, sizes []int, offset int, block bool) (int, error) {
+func (t *tun) read(bufs [][]byte, sizes []int, offset int, block bool) (n int, empty bool, err error) {
 	t.rmu.Lock()
 	defer t.rmu.Unlock()
 	if t.vnet {
@@ -270,11 +278,11 @@ func (t *tun) read(bufs [][]byte, sizes []int, offset int, block bool) (int, err
 	}
 	for {
 		if t.closed.Load() {
-			return 0, t.errClosed("read from")
+			return 0, false, t.errClosed("read from")
 		}
 		// Read before polling: under load the queue is rarely empty and
 		// the poll would be a wasted syscall.
-		n := 0
+		n, empty = 0, false
 		for n < len(bufs) {
 			r, err := unix.Read(t.fd, bufs[n][offset:])
 			if err == nil {
@@ -286,18 +294,19 @@ func (t *tun) read(bufs [][]byte, sizes []int, offset int, block bool) (int, err
 				continue
 			}
 			if err == unix.EAGAIN {
+				empty = true
 				break
 			}
 			if n > 0 {
-				return n, nil // the error, if lasting, recurs on the next call
+				return n, false, nil // the error, if lasting, recurs on the next call
 			}
-			return 0, fmt.Errorf("read from tun %s: %w", t.name, err)
+			return 0, false, fmt.Errorf("read from tun %s: %w", t.name, err)
 		}
 		if n > 0 || !block {
-			return n, nil
+			return n, empty, nil
 		}
 		if err := t.wait(unix.POLLIN); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 	}
 }
@@ -307,14 +316,14 @@ type readStats struct {
 	superReads, segments, discarded uint64
 }
 
-func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int, block bool) (int, error) {
+func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int, block bool) (n int, empty bool, err error) {
 	var st readStats
 	defer t.addReadStats(&st)
 	for {
 		if t.closed.Load() {
-			return 0, t.errClosed("read from")
+			return 0, false, t.errClosed("read from")
 		}
-		n := t.drain(bufs, sizes, offset, 0, &st)
+		n, empty = t.drain(bufs, sizes, offset, 0, &st), false
 		for n < len(bufs) {
 			// The header goes to its own iovec (no headroom needed); the
 			// packet goes straight to the caller if a whole super-packet
@@ -329,21 +338,22 @@ func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int, block bool) (int,
 				continue
 			}
 			if errno == unix.EAGAIN {
+				empty = true
 				break
 			}
 			if errno != 0 {
 				if n > 0 {
-					return n, nil // the error, if lasting, recurs on the next call
+					return n, false, nil // the error, if lasting, recurs on the next call
 				}
-				return 0, fmt.Errorf("read from tun %s: %w", t.name, errno)
+				return 0, false, fmt.Errorf("read from tun %s: %w", t.name, errno)
 			}
 			n = t.receive(bufs, sizes, offset, n, dst, direct, int(r), &st)
 		}
 		if n > 0 || !block {
-			return n, nil
+			return n, empty && !t.seg.pending(), nil
 		}
 		if err := t.wait(unix.POLLIN); err != nil {
-			return 0, err
+			return 0, false, err
 		}
 	}
 }
@@ -586,29 +596,37 @@ func iovec(b []byte) unix.Iovec {
 }
 
 // wait blocks until the TUN fd has events or Close is called.
-func (t *tun) wait(events int16) error { return t.waitWith(events, -1) }
+func (t *tun) wait(events int16) error {
+	_, err := t.waitFor(events, -1, -1)
+	return err
+}
 
-// waitWith is wait that also returns when fd (if not negative) is
-// readable.
-func (t *tun) waitWith(events int16, fd int32) error {
+// waitFor is wait that also returns when fd (if not negative) is readable
+// or timeout (if not negative) has passed. It returns the polled fds: the
+// TUN, the close eventfd, fd.
+func (t *tun) waitFor(events int16, fd int32, timeout time.Duration) ([3]unix.PollFd, error) {
 	fds := [3]unix.PollFd{
 		{Fd: int32(t.fd), Events: events},
 		{Fd: int32(t.evfd), Events: unix.POLLIN},
 		{Fd: fd, Events: unix.POLLIN}, // poll ignores a negative fd
 	}
+	ms := -1
+	if timeout >= 0 {
+		ms = int((timeout + time.Millisecond - 1) / time.Millisecond)
+	}
 	for {
-		_, err := unix.Poll(fds[:], -1)
+		_, err := unix.Poll(fds[:], ms)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("poll tun %s: %w", t.name, err)
+			return fds, fmt.Errorf("poll tun %s: %w", t.name, err)
 		}
 		if fds[1].Revents != 0 {
-			return t.errClosed("wait on")
+			return fds, t.errClosed("wait on")
 		}
 		// POLLERR/POLLHUP on the TUN fd: the next read or write reports it.
-		return nil
+		return fds, nil
 	}
 }
 

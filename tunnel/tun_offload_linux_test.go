@@ -574,7 +574,7 @@ type checkingConn struct {
 // jointConn is what the forwarder needs to serve both directions in one
 // goroutine; the Linux UDP conn has it.
 type jointConn interface {
-	TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error)
+	TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, bool, error)
 	FD() int
 }
 
@@ -585,11 +585,11 @@ func (c *checkingConn) Read(bufs [][]byte, sizes []int, addrs []netip.AddrPort) 
 	return n, err
 }
 
-func (c *checkingConn) TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error) {
+func (c *checkingConn) TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, bool, error) {
 	c.tryReads.Add(1)
-	n, err := c.Conn.(jointConn).TryRead(bufs, sizes, addrs)
+	n, empty, err := c.Conn.(jointConn).TryRead(bufs, sizes, addrs)
 	c.check(bufs, sizes, n)
-	return n, err
+	return n, empty, err
 }
 
 func (c *checkingConn) FD() int { return c.Conn.(jointConn).FD() }
@@ -673,13 +673,16 @@ func TestForwardTCPThroughOffloadTUNs(t *testing.T) {
 	}
 }
 
-func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
-	p := newVethPair(t, 1500)
+// forwardingTUNs runs two weft data paths in two namespaces joined by a
+// veth pair (UDP offloads on): A (198.19.1.1 on its TUN, 198.19.1.0/24) in
+// the test's namespace, B (198.19.2.1, 198.19.2.0/24) in the pair's other.
+// stop stops both forwarders.
+func forwardingTUNs(t *testing.T, offloadA, offloadB, split bool) (p *vethPair, a, b *tunNode, stop func()) {
+	p = newVethPair(t, 1500)
 	checkLeaks(t)
 	subA, subB := netip.MustParsePrefix("198.19.1.0/24"), netip.MustParsePrefix("198.19.2.0/24")
-	a := openTUNNode(t, offloadA, "198.19.1.1", "198.19.2.0/24")
+	a = openTUNNode(t, offloadA, "198.19.1.1", "198.19.2.0/24")
 	a.conn = &checkingConn{Conn: p.listenA(t, true, true)}
-	var b *tunNode
 	p.inB(t, func() { b = openTUNNode(t, offloadB, "198.19.2.1", "198.19.1.0/24") })
 	b.conn = &checkingConn{Conn: p.listenB(t, true, true)}
 	for _, n := range []*tunNode{a, b} {
@@ -691,6 +694,11 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
 	fwdB := tunnel.NewForwarder(tunnel.Config{Device: b.dev, Conn: b.conn, Port: a.conn.LocalAddr().Port(), SplitDirections: split})
 	fwdB.SetPeers(tunnel.NewTable(subB, []tunnel.Peer{{Subnet: subA, Addr: underlayA}}))
 	stopA, stopB := runForwarder(t, fwdA), runForwarder(t, fwdB)
+	return p, a, b, func() { stopA(); stopB() }
+}
+
+func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
+	p, a, b, stop := forwardingTUNs(t, offloadA, offloadB, split)
 
 	// The listener lives in B, the client in A; sockets belong to the
 	// namespace they were made in, so the goroutines may run anywhere.
@@ -753,8 +761,7 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
 	if !bytes.Equal(got, data) {
 		t.Fatalf("the listener read %d bytes, altered or short of %d", len(got), len(data))
 	}
-	stopA()
-	stopB()
+	stop()
 
 	stA, stB := offloadState(a.dev), offloadState(b.dev)
 	t.Logf("%.2f Gb/s; A %+v; B %+v", float64(len(data))*8/elapsed.Seconds()/1e9, stA, stB)
@@ -783,4 +790,76 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
 	if stA.Fallbacks+stB.Fallbacks != 0 {
 		t.Errorf("fallbacks: A %+v, B %+v", stA, stB)
 	}
+}
+
+// TestForwardJointLoopIdles checks the one-goroutine loop's waiting: idle,
+// it makes no reads at all (a side found empty is only read again when the
+// poll says so, and a poll that times out reads nothing), and after the
+// quiet period, when it waits without a timeout, the next datagram still
+// gets through promptly, in both directions.
+func TestForwardJointLoopIdles(t *testing.T) {
+	p, a, b, stop := forwardingTUNs(t, true, true, false)
+	defer stop()
+
+	// A UDP socket on each side's TUN address; each echo crosses both
+	// forwarders twice.
+	sockA := udpSocket(t, [4]byte{198, 19, 1, 1})
+	var sockB int
+	p.inB(t, func() { sockB = udpSocket(t, [4]byte{198, 19, 2, 1}) })
+	echo := func(when string) {
+		t.Helper()
+		msg := []byte("weft " + when)
+		if err := unix.Sendto(sockA, msg, 0, &unix.SockaddrInet4{Port: 7, Addr: [4]byte{198, 19, 2, 1}}); err != nil {
+			t.Fatal(err)
+		}
+		got, from := recvWithin(t, sockB, 2*time.Second)
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("%s: B got %q, want %q", when, got, msg)
+		}
+		if err := unix.Sendto(sockB, got, 0, from); err != nil {
+			t.Fatal(err)
+		}
+		if back, _ := recvWithin(t, sockA, 2*time.Second); !bytes.Equal(back, msg) {
+			t.Fatalf("%s: A got %q back, want %q", when, back, msg)
+		}
+	}
+	echo("at start")
+	time.Sleep(50 * time.Millisecond)
+	before := a.conn.tryReads.Load() + b.conn.tryReads.Load()
+	time.Sleep(300 * time.Millisecond) // polls time out ~75 times here
+	if n := a.conn.tryReads.Load() + b.conn.tryReads.Load() - before; n != 0 {
+		t.Errorf("idle forwarders read their sockets %d times in 300 ms: the loop spins instead of waiting", n)
+	}
+	time.Sleep(time.Second) // past the quiet period: polls without a timeout
+	echo("after a quiet period")
+	echo("right after")
+}
+
+// udpSocket is a UDP socket bound to addr:7 in the thread's namespace.
+func udpSocket(t *testing.T, addr [4]byte) int {
+	t.Helper()
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(s) })
+	if err := unix.Bind(s, &unix.SockaddrInet4{Port: 7, Addr: addr}); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// recvWithin reads one datagram from s, failing the test after d.
+func recvWithin(t *testing.T, s int, d time.Duration) ([]byte, unix.Sockaddr) {
+	t.Helper()
+	tv := unix.NsecToTimeval(d.Nanoseconds())
+	if err := unix.SetsockoptTimeval(s, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	n, from, err := unix.Recvfrom(s, buf, 0)
+	if err != nil {
+		t.Fatalf("no datagram within %v: %v", d, err)
+	}
+	return buf[:n], from
 }

@@ -214,16 +214,18 @@ func (c *udpConn) setSegmentSize(i, size int) {
 // message is handed out one datagram per caller buffer, cut at the
 // gso_size the kernel reported. What does not fit waits for the next Read,
 // which returns it without a system call.
-func (c *udpConn) readGRO(bufs [][]byte, sizes []int, addrs []netip.AddrPort, flags int) (int, error) {
+func (c *udpConn) readGRO(bufs [][]byte, sizes []int, addrs []netip.AddrPort, flags int) (n int, empty bool, err error) {
 	if c.closed.Load() {
-		return 0, c.errClosed("read from")
+		return 0, false, c.errClosed("read from")
 	}
 	if c.rnext >= c.rgot {
 		got, err := c.recvmmsg(len(c.rmsgs), flags)
 		c.rgot, c.rnext, c.roff = got, 0, 0
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
+		// recvmmsg takes what is queued: fewer than asked for is all of it.
+		c.rdrained = got < len(c.rmsgs)
 		for i := range got {
 			h := &c.rmsgs[i].Hdr
 			ctl := unsafe.Slice((*byte)(unsafe.Pointer(&c.rctl[i][0])), len(c.rctl[i])*8)
@@ -233,7 +235,6 @@ func (c *udpConn) readGRO(bufs [][]byte, sizes []int, addrs []netip.AddrPort, fl
 			}
 		}
 	}
-	n := 0
 	for n < len(bufs) && c.rnext < c.rgot {
 		i := c.rnext
 		msg := c.rslots[i][:c.rmsgs[i].Len]
@@ -264,7 +265,7 @@ func (c *udpConn) readGRO(bufs [][]byte, sizes []int, addrs []netip.AddrPort, fl
 			c.roff = 0
 		}
 	}
-	return n, nil
+	return n, c.rdrained && c.rnext >= c.rgot, nil
 }
 
 // groSize returns the gso_size of a UDP_GRO control message in ctl (the

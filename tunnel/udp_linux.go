@@ -76,6 +76,8 @@ type udpConn struct {
 	rgot   int // messages in the slots
 	rnext  int // first message not fully handed out
 	roff   int // how much of rnext was handed out
+	// rdrained: the recvmmsg that filled the slots emptied the queue.
+	rdrained bool
 
 	wmu   sync.Mutex
 	wmsgs [udpBatchSize]unix.Mmsghdr
@@ -171,18 +173,20 @@ func setBuffer(fd, force, plain int) error {
 // buffer is cut short. With GRO, datagrams left over from the last
 // recvmmsg are returned first, without a system call.
 func (c *udpConn) Read(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error) {
-	return c.read(bufs, sizes, addrs, unix.MSG_WAITFORONE)
+	n, _, err := c.read(bufs, sizes, addrs, unix.MSG_WAITFORONE)
+	return n, err
 }
 
-// TryRead is Read that returns 0 datagrams instead of waiting for one.
-func (c *udpConn) TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (int, error) {
+// TryRead is Read that returns 0 datagrams instead of waiting for one;
+// empty reports that it found the queue empty, so more needs a wait.
+func (c *udpConn) TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (n int, empty bool, err error) {
 	return c.read(bufs, sizes, addrs, unix.MSG_DONTWAIT)
 }
 
 // FD is the socket, for polling it together with a device.
 func (c *udpConn) FD() int { return c.fd }
 
-func (c *udpConn) read(bufs [][]byte, sizes []int, addrs []netip.AddrPort, flags int) (int, error) {
+func (c *udpConn) read(bufs [][]byte, sizes []int, addrs []netip.AddrPort, flags int) (int, bool, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	if c.groOn {
@@ -201,7 +205,8 @@ func (c *udpConn) read(bufs [][]byte, sizes []int, addrs []netip.AddrPort, flags
 		addrs[i] = c.source(i)
 	}
 	clear(c.riovs[:n]) // drop references to the caller's buffers
-	return got, err
+	// recvmmsg takes what is queued: fewer than asked for is all of it.
+	return got, err == nil && got < n, err
 }
 
 // recvmmsg receives up to n messages into c.rmsgs as set up by the caller,
