@@ -8,6 +8,10 @@ import (
 // Coalescing on the way into the TUN: consecutive TCPv4 segments of one
 // flow become one super-packet written with a GSO virtio-net header, so the
 // receiving socket sees one large skb, as behind kernel VXLAN with GRO.
+// Where the TUN takes UDP GSO (USO, Linux 6.2+), consecutive UDPv4
+// datagrams of one flow are written the same way: one write for a burst
+// instead of one per datagram; the kernel splits them back before any
+// socket sees them.
 //
 // Only consecutive packets are merged. Merging across interleaved flows
 // would reorder the batch, and Device.Write reports a refused packet by its
@@ -18,33 +22,45 @@ import (
 // one writev); at a 1400-byte MSS the 64 KB limit comes first.
 const maxRunSegments = 64
 
-// tcpSegment is what the coalescer needs to know about a TCPv4 packet.
-type tcpSegment struct {
+// segment is what the coalescer needs to know about a TCPv4 or UDPv4
+// packet.
+type segment struct {
+	proto   byte
 	ipLen   int
-	hdrLen  int // IP + TCP header
+	hdrLen  int // IP + TCP or UDP header
 	payload int
-	seq     uint32
-	flags   byte
+	seq     uint32 // TCP only
+	flags   byte   // TCP only
 }
 
-// parseTCPSegment reports whether pkt is a TCPv4 data segment that may be
-// part of a super-packet: one whole unfragmented packet, ACK set, no SYN,
-// FIN, RST, URG or CWR (those travel alone, as Linux GRO flushes on them),
-// a payload, and, if verify is set, valid IP header and TCP checksums.
+// parseSegment reports whether pkt may be part of a super-packet: one
+// whole unfragmented IPv4 packet with a payload, and, if verify is set,
+// valid IP header and L4 checksums. A TCP segment must have ACK set and no
+// SYN, FIN, RST, URG or CWR (those travel alone, as Linux GRO flushes on
+// them). A UDP datagram qualifies only if udp is set (the TUN takes UDP
+// GSO) and it carries a checksum: the super-packet's checksums are the
+// kernel's to fill in, and one that had none would get one.
 //
 // Verifying matters because the super-packet goes to the kernel with its
 // checksum marked partial, which the kernel trusts: a bad segment merged
 // into it would reach the socket unchecked, where a stock flanneld node's
 // kernel would have dropped it.
-func parseTCPSegment(pkt []byte, verify bool) (tcpSegment, bool) {
-	var s tcpSegment
-	if len(pkt) < 40 || pkt[0]>>4 != 4 || pkt[9] != protoTCP {
+func parseSegment(pkt []byte, verify, udp bool) (segment, bool) {
+	var s segment
+	if len(pkt) < 28 || pkt[0]>>4 != 4 {
 		return s, false
 	}
+	s.proto = pkt[9]
 	s.ipLen = int(pkt[0]&0x0f) * 4
-	if s.ipLen < IPv4HeaderLen || len(pkt) < s.ipLen+20 ||
+	if s.ipLen < IPv4HeaderLen || len(pkt) < s.ipLen+8 ||
 		int(binary.BigEndian.Uint16(pkt[2:4])) != len(pkt) ||
 		binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 {
+		return s, false
+	}
+	switch {
+	case s.proto == protoUDP && udp:
+		return parseUDP(pkt, s, verify)
+	case s.proto != protoTCP || len(pkt) < s.ipLen+20:
 		return s, false
 	}
 	tcp := pkt[s.ipLen:]
@@ -65,19 +81,39 @@ func parseTCPSegment(pkt []byte, verify bool) (tcpSegment, bool) {
 	return s, true
 }
 
+// parseUDP is parseSegment for a UDP datagram, s holding its IP part.
+func parseUDP(pkt []byte, s segment, verify bool) (segment, bool) {
+	udp := pkt[s.ipLen:]
+	s.hdrLen = s.ipLen + 8
+	s.payload = len(pkt) - s.hdrLen
+	if s.payload == 0 || int(binary.BigEndian.Uint16(udp[4:6])) != len(udp) ||
+		binary.BigEndian.Uint16(udp[6:8]) == 0 {
+		return s, false
+	}
+	if verify && (checksum(pkt[:s.ipLen], 0) != 0 ||
+		checksum(udp, pseudoHeaderSum(pkt, protoUDP, len(udp))) != 0) {
+		return s, false
+	}
+	return s, true
+}
+
 // canFollow reports whether q (parsed as qs) can join the run that starts
 // with first (parsed as fs) and currently ends with a segment parsed as ls,
 // the run holding total bytes (headers once, payloads). The rules are those
 // under which splitting the super-packet gives back exactly the segments:
 // headers equal but for length, ID, checksums, sequence number and PSH;
 // sequence numbers contiguous; every payload as long as the first but the
-// last, which may be shorter; PSH only on the last.
-func canFollow(first []byte, fs, ls tcpSegment, q []byte, qs tcpSegment, total int) bool {
-	if qs.ipLen != fs.ipLen || qs.hdrLen != fs.hdrLen ||
-		ls.flags&tcpPSH != 0 || ls.payload < fs.payload || qs.payload > fs.payload ||
-		total+qs.payload > maxPacket ||
+// last, which may be shorter; PSH only on the last. For UDP: the same
+// ports, and the same rule on lengths.
+func canFollow(first []byte, fs, ls segment, q []byte, qs segment, total int) bool {
+	if qs.proto != fs.proto || qs.ipLen != fs.ipLen || qs.hdrLen != fs.hdrLen ||
+		ls.payload < fs.payload || qs.payload > fs.payload ||
+		total+qs.payload > maxPacket {
+		return false
+	}
+	if fs.proto == protoTCP && (ls.flags&tcpPSH != 0 ||
 		qs.seq != ls.seq+uint32(ls.payload) ||
-		qs.flags&^tcpPSH != fs.flags&^tcpPSH {
+		qs.flags&^tcpPSH != fs.flags&^tcpPSH) {
 		return false
 	}
 	ip := fs.ipLen
@@ -87,6 +123,9 @@ func canFollow(first []byte, fs, ls tcpSegment, q []byte, qs tcpSegment, total i
 		be.Uint64(first[12:20]) != be.Uint64(q[12:20]) ||
 		(ip > IPv4HeaderLen && !bytes.Equal(first[IPv4HeaderLen:ip], q[IPv4HeaderLen:ip])) {
 		return false
+	}
+	if fs.proto == protoUDP {
+		return be.Uint32(first[ip:ip+4]) == be.Uint32(q[ip:ip+4]) // ports
 	}
 	// TCP: ports; ACK number; data offset; window; urgent pointer;
 	// options (timestamps included, as Linux GRO requires).
@@ -99,43 +138,51 @@ func canFollow(first []byte, fs, ls tcpSegment, q []byte, qs tcpSegment, total i
 // extendRun finds the run that starts with pkts[0][offset:], parsed as fs.
 // It returns the run's length n ≥ 1 and total bytes, and, if n < len(pkts),
 // the parse of pkts[n] so no packet is parsed (and verified) twice.
-func extendRun(pkts [][]byte, offset int, fs tcpSegment, verify bool) (n, total int, next tcpSegment, nextOK bool) {
+func extendRun(pkts [][]byte, offset int, fs segment, verify, udp bool) (n, total int, next segment, nextOK bool) {
 	first := pkts[0][offset:]
 	total = len(first)
 	ls := fs
 	for n = 1; n < len(pkts); n++ {
 		q := pkts[n][offset:]
-		qs, ok := parseTCPSegment(q, verify)
+		qs, ok := parseSegment(q, verify, udp)
 		if !ok || n == maxRunSegments || !canFollow(first, fs, ls, q, qs, total) {
 			return n, total, qs, ok
 		}
 		total += qs.payload
 		ls = qs
 	}
-	return n, total, tcpSegment{}, false
+	return n, total, segment{}, false
 }
 
-// superHeader writes to hdr the headers of a TCPv4 super-packet made of a
-// run of total bytes that starts with first (parsed as fs) and whose last
-// segment carries lastFlags: first's headers with the IP total length and
-// header checksum redone, PSH if the last segment had it, and the TCP
-// checksum field holding the pseudo-header sum, as NEEDS_CSUM requires. It
+// superHeader writes to hdr the headers of a TCPv4 or UDPv4 super-packet
+// made of a run of total bytes that starts with first (parsed as fs) and
+// ends with last: first's headers with the IP total length and header
+// checksum redone, for TCP PSH if the last segment had it, for UDP the
+// length of the whole, and the L4 checksum field holding the pseudo-header
+// sum, as NEEDS_CSUM requires (the kernel adjusts it per segment). It
 // returns the virtio-net header to write before them. On the wire the
 // headers are followed by the payloads of the run's segments.
-func superHeader(hdr, first []byte, fs tcpSegment, lastFlags byte, total int) virtioNetHdr {
+func superHeader(hdr, first []byte, fs segment, last []byte, total int) virtioNetHdr {
 	hdr = hdr[:fs.hdrLen]
 	copy(hdr, first)
 	binary.BigEndian.PutUint16(hdr[2:4], uint16(total))
 	setIPv4HeaderChecksum(hdr, fs.ipLen)
-	tcp := hdr[fs.ipLen:]
-	tcp[13] |= lastFlags & tcpPSH
-	binary.BigEndian.PutUint16(tcp[16:18], uint16(foldSum(pseudoHeaderSum(hdr, protoTCP, total-fs.ipLen))))
-	return virtioNetHdr{
-		flags:      virtioNeedsCsum,
-		gsoType:    virtioGSOTCPv4,
-		hdrLen:     uint16(fs.hdrLen),
-		gsoSize:    uint16(fs.payload),
-		csumStart:  uint16(fs.ipLen),
-		csumOffset: 16,
+	l4 := hdr[fs.ipLen:]
+	h := virtioNetHdr{
+		flags:     virtioNeedsCsum,
+		gsoType:   virtioGSOTCPv4,
+		hdrLen:    uint16(fs.hdrLen),
+		gsoSize:   uint16(fs.payload),
+		csumStart: uint16(fs.ipLen),
 	}
+	if fs.proto == protoUDP {
+		h.gsoType, h.csumOffset = virtioGSOUDPL4, 6
+		binary.BigEndian.PutUint16(l4[4:6], uint16(total-fs.ipLen))
+	} else {
+		h.csumOffset = 16
+		l4[13] |= last[fs.ipLen+13] & tcpPSH
+	}
+	partial := foldSum(pseudoHeaderSum(hdr, fs.proto, total-fs.ipLen))
+	binary.BigEndian.PutUint16(l4[h.csumOffset:], uint16(partial))
+	return h
 }

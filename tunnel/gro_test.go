@@ -40,20 +40,20 @@ type superPacket struct {
 
 // coalesceAll runs the coalescer over pkts as writeVnet does and returns
 // what would be written: super-packets (n > 1) and single packets.
-func coalesceAll(pkts [][]byte, verify bool) []superPacket {
+func coalesceAll(pkts [][]byte, verify, udp bool) []superPacket {
 	var out []superPacket
-	seg, ok := parseTCPSegment(pkts[0][testOffset:], verify)
+	seg, ok := parseSegment(pkts[0][testOffset:], verify, udp)
 	for i := 0; i < len(pkts); {
 		n := 1
-		var next tcpSegment
+		var next segment
 		nextOK := false
 		if ok {
 			var total int
-			n, total, next, nextOK = extendRun(pkts[i:], testOffset, seg, verify)
+			n, total, next, nextOK = extendRun(pkts[i:], testOffset, seg, verify, udp)
 			if n > 1 {
 				var hdr [maxHeaders]byte
 				first := pkts[i][testOffset:]
-				h := superHeader(hdr[:], first, seg, pkts[i+n-1][testOffset+seg.ipLen+13], total)
+				h := superHeader(hdr[:], first, seg, pkts[i+n-1][testOffset:], total)
 				whole := append(hdr[:seg.hdrLen:seg.hdrLen], first[seg.hdrLen:]...)
 				for _, p := range pkts[i+1 : i+n] {
 					whole = append(whole, p[testOffset+seg.hdrLen:]...)
@@ -67,7 +67,7 @@ func coalesceAll(pkts [][]byte, verify bool) []superPacket {
 				continue
 			}
 		} else if i+1 < len(pkts) {
-			next, nextOK = parseTCPSegment(pkts[i+1][testOffset:], verify)
+			next, nextOK = parseSegment(pkts[i+1][testOffset:], verify, udp)
 		}
 		out = append(out, superPacket{pkt: pkts[i][testOffset:], n: 1})
 		i++
@@ -90,30 +90,64 @@ func TestCoalesceRoundTrip(t *testing.T) {
 		{2, 1388, 1388}, {45, 1448, 1448}, {46, 1388, 100}, {10, 536, 1}, {64, 1000, 1000},
 	} {
 		for _, verify := range []bool{true, false} {
-			pkts := flow(rng, tc.n, tc.mss, tc.last)
-			orig := clonePackets(pkts)
-			out := coalesceAll(pkts, verify)
-			if len(out) != 1 || out[0].n != tc.n {
-				t.Fatalf("%+v: %d writes, want one super-packet of %d", tc, len(out), tc.n)
-			}
-			sp := out[0]
-			if sp.h.gsoType != virtioGSOTCPv4 || sp.h.flags != virtioNeedsCsum || int(sp.h.gsoSize) != tc.mss ||
-				sp.h.csumStart != 20 || sp.h.csumOffset != 16 || sp.h.hdrLen != 52 {
-				t.Errorf("%+v: header %+v", tc, sp.h)
-			}
-			// The kernel splits it back into exactly the packets we got.
-			segs, ok := splitAll(t, sp.h, sp.pkt, 1500)
-			if !ok || len(segs) != tc.n {
-				t.Fatalf("%+v: split back into %d segments (%v)", tc, len(segs), ok)
-			}
-			for i := range segs {
-				if !bytes.Equal(segs[i], orig[i][testOffset:]) {
-					t.Fatalf("%+v: segment %d differs from the packet received\n got % x\nwant % x",
-						tc, i, segs[i][:52], orig[i][testOffset:testOffset+52])
-				}
+			want := virtioNetHdr{flags: virtioNeedsCsum, gsoType: virtioGSOTCPv4, hdrLen: 52,
+				gsoSize: uint16(tc.mss), csumStart: 20, csumOffset: 16}
+			checkRoundTrip(t, fmt.Sprintf("%+v", tc), flow(rng, tc.n, tc.mss, tc.last), verify, false, want)
+		}
+	}
+}
+
+// checkRoundTrip coalesces pkts, which must become one super-packet with
+// virtio-net header want, and splits it as the kernel does: that must give
+// back exactly pkts.
+func checkRoundTrip(t *testing.T, name string, pkts [][]byte, verify, udp bool, want virtioNetHdr) {
+	t.Helper()
+	orig := clonePackets(pkts)
+	out := coalesceAll(pkts, verify, udp)
+	if len(out) != 1 || out[0].n != len(pkts) {
+		t.Fatalf("%s: %d writes, want one super-packet of %d", name, len(out), len(pkts))
+	}
+	sp := out[0]
+	if sp.h != want {
+		t.Errorf("%s: header %+v, want %+v", name, sp.h, want)
+	}
+	segs, ok := splitAll(t, sp.h, sp.pkt, 1500)
+	if !ok || len(segs) != len(pkts) {
+		t.Fatalf("%s: split back into %d segments (%v)", name, len(segs), ok)
+	}
+	for i := range segs {
+		if !bytes.Equal(segs[i], orig[i][testOffset:]) {
+			t.Fatalf("%s: segment %d differs from the packet received\n got % x\nwant % x",
+				name, i, segs[i][:want.hdrLen], orig[i][testOffset:testOffset+int(want.hdrLen)])
+		}
+	}
+}
+
+// runCase is a change to a flow of three packets and the packets per
+// write that the coalescer must then make.
+type runCase struct {
+	name string
+	mod  func(p [][]byte)
+	want []int
+}
+
+// changers returns functions making test cases from a flow of three
+// packets: at(off, v) sets byte off of the second packet to v, rest(off, v)
+// that of the second and third (making them a burst of another flow, or of
+// other headers); fix redoes a changed packet's checksums.
+func changers(fix func(pkt []byte)) (at, rest func(off int, v byte) func([][]byte)) {
+	at = func(off int, v byte) func([][]byte) {
+		return func(p [][]byte) { p[1][testOffset+off] = v; fix(p[1]) }
+	}
+	rest = func(off int, v byte) func([][]byte) {
+		return func(p [][]byte) {
+			for _, q := range p[1:] {
+				q[testOffset+off] = v
+				fix(q)
 			}
 		}
 	}
+	return at, rest
 }
 
 func TestCoalesceRefuses(t *testing.T) {
@@ -131,22 +165,8 @@ func TestCoalesceRefuses(t *testing.T) {
 	}
 	// at changes the second packet; rest changes the second and third,
 	// making them a burst of another flow (or of other headers).
-	at := func(off int, v byte) func([][]byte) {
-		return func(p [][]byte) { p[1][testOffset+off] = v; resum(p[1]) }
-	}
-	rest := func(off int, v byte) func([][]byte) {
-		return func(p [][]byte) {
-			for _, q := range p[1:] {
-				q[testOffset+off] = v
-				resum(q)
-			}
-		}
-	}
-	for _, tc := range []struct {
-		name string
-		mod  func(p [][]byte)
-		want []int // packets per write
-	}{
+	at, rest := changers(resum)
+	for _, tc := range []runCase{
 		{"unchanged", func([][]byte) {}, []int{3}},
 		{"source port", rest(20, 0x11), []int{1, 2}},
 		{"destination address", rest(19, 8), []int{1, 2}},
@@ -186,7 +206,7 @@ func TestCoalesceRefuses(t *testing.T) {
 			resum(pkts[2])
 			tc.mod(pkts)
 			var got []int
-			for _, w := range coalesceAll(pkts, verify) {
+			for _, w := range coalesceAll(pkts, verify, false) {
 				got = append(got, w.n)
 			}
 			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
@@ -197,13 +217,13 @@ func TestCoalesceRefuses(t *testing.T) {
 
 	// A larger segment cannot follow, and nothing can follow a shorter one.
 	big := flow(rng, 2, 1000, 1001)
-	if got := coalesceAll(big, true); len(got) != 2 {
+	if got := coalesceAll(big, true, false); len(got) != 2 {
 		t.Errorf("a larger second segment joined the run")
 	}
 	// Runs stop at 64 KB and at maxRunSegments.
 	long := flow(rng, 70, 1400, 1400)
 	var sizes []int
-	for _, w := range coalesceAll(long, true) {
+	for _, w := range coalesceAll(long, true, false) {
 		sizes = append(sizes, w.n)
 		if len(w.pkt) > maxPacket {
 			t.Errorf("super-packet of %d bytes", len(w.pkt))
@@ -214,7 +234,7 @@ func TestCoalesceRefuses(t *testing.T) {
 	}
 	many := flow(rng, 70, 100, 100)
 	sizes = sizes[:0]
-	for _, w := range coalesceAll(many, true) {
+	for _, w := range coalesceAll(many, true, false) {
 		sizes = append(sizes, w.n)
 	}
 	if fmt.Sprint(sizes) != fmt.Sprint([]int{maxRunSegments, 70 - maxRunSegments}) {
@@ -239,7 +259,7 @@ func TestCoalesceInterleaved(t *testing.T) {
 	udp[testOffset+9] = protoUDP
 	batch := [][]byte{a[0], b[0], a[1], b[1], a[2], a[3], udp, b[2], b[3]}
 	var got []int
-	for _, w := range coalesceAll(batch, true) {
+	for _, w := range coalesceAll(batch, true, true) {
 		got = append(got, w.n)
 	}
 	if fmt.Sprint(got) != "[1 1 1 1 2 1 2]" {
@@ -267,6 +287,8 @@ func FuzzCoalesce(f *testing.F) {
 	two := flow(rng, 2, 40, 40)
 	f.Add(enc(append(two, flow(rng, 2, 40, 30)...)))
 	f.Add([]byte{0, 20, 0x45})
+	f.Add(enc(udpFlow(rng, 3, 50, 20)))
+	f.Add(enc(append(udpFlow(rng, 2, 30, 30), flow(rng, 2, 30, 30)...)))
 
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var pkts [][]byte
@@ -278,10 +300,11 @@ func FuzzCoalesce(f *testing.F) {
 		if len(pkts) == 0 {
 			return
 		}
-		for _, verify := range []bool{true, false} {
+		for _, mode := range []struct{ verify, udp bool }{{true, true}, {false, true}, {true, false}, {false, false}} {
+			verify := mode.verify
 			work := clonePackets(pkts)
 			i := 0
-			for _, w := range coalesceAll(work, verify) {
+			for _, w := range coalesceAll(work, verify, mode.udp) {
 				if w.n == 1 {
 					if !bytes.Equal(work[i], pkts[i]) {
 						t.Fatalf("packet %d written singly was modified", i)
@@ -307,10 +330,14 @@ func FuzzCoalesce(f *testing.F) {
 						t.Fatalf("segment %d: %d bytes, packet had %d", k, len(seg), len(want))
 					}
 					ipLen := int(want[0]&0xf) * 4
+					csum := ipLen + 16 // TCP checksum
+					if want[9] == protoUDP {
+						csum = ipLen + 6
+					}
 					for j := range seg {
 						switch {
 						case j >= 4 && j < 6, j >= 10 && j < 12: // IP ID, header checksum
-						case !verify && (j == ipLen+16 || j == ipLen+17): // TCP checksum
+						case !verify && (j == csum || j == csum+1): // L4 checksum
 						default:
 							if seg[j] != want[j] {
 								t.Fatalf("segment %d differs at byte %d: %#x, packet had %#x", k, j, seg[j], want[j])
@@ -346,17 +373,117 @@ func BenchmarkCoalesce(b *testing.B) {
 			b.SetBytes(int64(bytes))
 			b.ReportAllocs()
 			for b.Loop() {
-				fs, ok := parseTCPSegment(first, verify)
+				fs, ok := parseSegment(first, verify, false)
 				if !ok {
 					b.Fatal("not a segment")
 				}
-				n, total, _, _ := extendRun(pkts, testOffset, fs, verify)
+				n, total, _, _ := extendRun(pkts, testOffset, fs, verify, false)
 				if n != len(pkts) {
 					b.Fatalf("run of %d", n)
 				}
-				superHeader(hdr[:], first, fs, tcpACK|tcpPSH, total)
+				superHeader(hdr[:], first, fs, pkts[len(pkts)-1][testOffset:], total)
 			}
 			b.ReportMetric(float64(b.N*len(pkts))/b.Elapsed().Seconds(), "segments/s")
 		})
+	}
+}
+
+// udpFlow returns n consecutive UDPv4 datagrams of one flow, each with
+// headroom: payloads of size bytes but the last (last bytes), valid
+// checksums, IP IDs counting up.
+func udpFlow(rng *rand.Rand, n, size, last int) [][]byte {
+	pkts := make([][]byte, n)
+	for i := range pkts {
+		l := size
+		if i == n-1 {
+			l = last
+		}
+		p := make([]byte, 28+l)
+		p[0], p[8], p[9] = 0x45, 63, protoUDP
+		binary.BigEndian.PutUint16(p[2:4], uint16(len(p)))
+		binary.BigEndian.PutUint16(p[4:6], 200+uint16(i))
+		binary.BigEndian.PutUint16(p[6:8], 0x4000) // DF
+		copy(p[12:16], tsoSrc[:])
+		copy(p[16:20], tsoDst[:])
+		binary.BigEndian.PutUint16(p[10:12], refChecksum(p[:20], 0))
+		binary.BigEndian.PutUint16(p[20:22], 40000)
+		binary.BigEndian.PutUint16(p[22:24], 5201)
+		binary.BigEndian.PutUint16(p[24:26], uint16(8+l))
+		copy(p[28:], randomBytes(rng, l))
+		resumUDP(p)
+		pkts[i] = append(make([]byte, testOffset), p...)
+	}
+	return pkts
+}
+
+// resumUDP redoes the IP header and UDP checksums of ip.
+func resumUDP(ip []byte) {
+	binary.BigEndian.PutUint16(ip[10:12], 0)
+	binary.BigEndian.PutUint16(ip[10:12], refChecksum(ip[:20], 0))
+	binary.BigEndian.PutUint16(ip[26:28], 0)
+	c := refChecksum(ip[20:], refPseudo(ip, protoUDP, len(ip)-20))
+	if c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(ip[26:28], c)
+}
+
+// TestCoalesceUDP: a burst of one UDP flow becomes one USO super-packet
+// that the kernel's split (our segmenter does the same) turns back into
+// exactly the datagrams, and only where the TUN takes USO; anything that
+// would not split back the same stays out of the run.
+func TestCoalesceUDP(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 32))
+	for _, tc := range []struct{ n, size, last int }{{2, 64, 64}, {64, 36, 36}, {40, 1444, 1000}, {10, 1, 1}} {
+		for _, verify := range []bool{true, false} {
+			pkts := udpFlow(rng, tc.n, tc.size, tc.last)
+			if out := coalesceAll(clonePackets(pkts), verify, false); len(out) != tc.n {
+				t.Fatalf("%+v: without USO, %d writes for %d datagrams", tc, len(out), tc.n)
+			}
+			want := virtioNetHdr{flags: virtioNeedsCsum, gsoType: virtioGSOUDPL4, hdrLen: 28,
+				gsoSize: uint16(tc.size), csumStart: 20, csumOffset: 6}
+			checkRoundTrip(t, fmt.Sprintf("%+v", tc), pkts, verify, true, want)
+		}
+	}
+
+	at, rest := changers(func(p []byte) { resumUDP(p[testOffset:]) })
+	for _, tc := range []runCase{
+		{"unchanged", func([][]byte) {}, []int{3}},
+		{"source port", rest(21, 0x11), []int{1, 2}},
+		{"destination port", rest(23, 0x11), []int{1, 2}},
+		{"destination address", rest(19, 8), []int{1, 2}},
+		{"TTL", rest(8, 62), []int{1, 2}},
+		{"DF", rest(6, 0), []int{1, 2}},
+		{"fragment", at(6, 0x20), []int{1, 1, 1}},
+		{"no checksum", func(p [][]byte) { p[1][testOffset+26], p[1][testOffset+27] = 0, 0 }, []int{1, 1, 1}},
+		{"bad checksum", func(p [][]byte) { p[1][testOffset+40] ^= 1 }, []int{1, 1, 1}},
+		{"UDP length", func(p [][]byte) { p[1][testOffset+25]--; resumUDP(p[1][testOffset:]) }, []int{1, 1, 1}},
+		{"shorter middle", func(p [][]byte) {
+			ip := p[1][testOffset:]
+			p[1] = p[1][:len(p[1])-1]
+			binary.BigEndian.PutUint16(ip[2:4], uint16(len(ip)-1))
+			binary.BigEndian.PutUint16(ip[24:26], uint16(len(ip)-21))
+			resumUDP(ip[:len(ip)-1])
+		}, []int{2, 1}},
+	} {
+		verify := tc.name != "no checksum"
+		pkts := udpFlow(rng, 3, 100, 100)
+		tc.mod(pkts)
+		var got []int
+		for _, w := range coalesceAll(pkts, verify, true) {
+			got = append(got, w.n)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("%s: writes of %v datagrams, want %v", tc.name, got, tc.want)
+		}
+	}
+	// TCP and UDP never share a run.
+	mixed := append(udpFlow(rng, 2, 100, 100), flow(rng, 2, 100, 100)...)
+	var got []int
+	for _, w := range coalesceAll(mixed, true, true) {
+		got = append(got, w.n)
+	}
+	if fmt.Sprint(got) != "[2 2]" {
+		t.Errorf("UDP then TCP written as %v", got)
 	}
 }

@@ -474,18 +474,18 @@ func (t *tun) writeVnet(bufs [][]byte, offset int) (int, error) {
 			t.st.coalesced.Add(coalesced)
 		}
 	}()
-	var seg tcpSegment
+	var seg segment
 	ok := false
 	if coalesce && len(bufs) > 0 {
-		seg, ok = parseTCPSegment(bufs[0][offset:], t.verify)
+		seg, ok = parseSegment(bufs[0][offset:], t.verify, t.uso)
 	}
 	for i := 0; i < len(bufs); {
 		n := 1
-		var next tcpSegment
+		var next segment
 		nextOK := false
 		if coalesce && ok {
 			var total int
-			n, total, next, nextOK = extendRun(bufs[i:], offset, seg, t.verify)
+			n, total, next, nextOK = extendRun(bufs[i:], offset, seg, t.verify, t.uso)
 			if n > 1 {
 				err := t.writeRun(bufs[i:i+n], offset, seg, total)
 				if err == nil {
@@ -506,7 +506,7 @@ func (t *tun) writeVnet(bufs [][]byte, offset int) (int, error) {
 				// pinned on one packet.
 			}
 		} else if coalesce && i+1 < len(bufs) {
-			next, nextOK = parseTCPSegment(bufs[i+1][offset:], t.verify)
+			next, nextOK = parseSegment(bufs[i+1][offset:], t.verify, t.uso)
 		}
 		for j := i; j < i+n; j++ {
 			if err := t.writeOne(bufs[j][offset:]); err != nil {
@@ -523,9 +523,9 @@ func (t *tun) writeVnet(bufs [][]byte, offset int) (int, error) {
 // virtio-net header, the super-packet's headers (built in t.hdr, so the
 // caller's packets stay as they were), then the payloads of all the
 // segments, gathered by one writev without copying them.
-func (t *tun) writeRun(pkts [][]byte, offset int, fs tcpSegment, total int) error {
+func (t *tun) writeRun(pkts [][]byte, offset int, fs segment, total int) error {
 	first := pkts[0][offset:]
-	h := superHeader(t.hdr[:], first, fs, pkts[len(pkts)-1][offset+fs.ipLen+13], total)
+	h := superHeader(t.hdr[:], first, fs, pkts[len(pkts)-1][offset:], total)
 	h.encode(t.wvh[:])
 	iov := append(t.wiov[:0], iovec(t.wvh[:]), iovec(t.hdr[:fs.hdrLen]))
 	for _, p := range pkts {

@@ -798,14 +798,9 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
 // quiet period, when it waits without a timeout, the next datagram still
 // gets through promptly, in both directions.
 func TestForwardJointLoopIdles(t *testing.T) {
-	p, a, b, stop := forwardingTUNs(t, true, true, false)
+	a, b, sockA, sockB, stop := udpThroughTUNs(t)
 	defer stop()
-
-	// A UDP socket on each side's TUN address; each echo crosses both
-	// forwarders twice.
-	sockA := udpSocket(t, [4]byte{198, 19, 1, 1})
-	var sockB int
-	p.inB(t, func() { sockB = udpSocket(t, [4]byte{198, 19, 2, 1}) })
+	// Each echo crosses both forwarders twice.
 	echo := func(when string) {
 		t.Helper()
 		msg := []byte("weft " + when)
@@ -835,6 +830,15 @@ func TestForwardJointLoopIdles(t *testing.T) {
 	echo("right after")
 }
 
+// udpThroughTUNs is forwardingTUNs with offloads on both sides and a UDP
+// socket on each side's TUN address, port 7.
+func udpThroughTUNs(t *testing.T) (a, b *tunNode, sockA, sockB int, stop func()) {
+	p, a, b, stop := forwardingTUNs(t, true, true, false)
+	sockA = udpSocket(t, [4]byte{198, 19, 1, 1})
+	p.inB(t, func() { sockB = udpSocket(t, [4]byte{198, 19, 2, 1}) })
+	return a, b, sockA, sockB, stop
+}
+
 // udpSocket is a UDP socket bound to addr:7 in the thread's namespace.
 func udpSocket(t *testing.T, addr [4]byte) int {
 	t.Helper()
@@ -862,4 +866,40 @@ func recvWithin(t *testing.T, s int, d time.Duration) ([]byte, unix.Sockaddr) {
 		t.Fatalf("no datagram within %v: %v", d, err)
 	}
 	return buf[:n], from
+}
+
+// TestForwardUDPBurstCoalesced sends bursts of UDP datagrams through two
+// forwarders with TUN offloads: every datagram must reach the socket behind
+// B intact and in order, and where the TUN takes USO, B must have written
+// bursts as super-packets (one write, split by the kernel).
+func TestForwardUDPBurstCoalesced(t *testing.T) {
+	a, b, sockA, sockB, stop := udpThroughTUNs(t)
+	defer stop()
+	if err := unix.SetsockoptInt(sockB, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	const bursts, perBurst = 20, 200
+	for k := range bursts {
+		for i := range perBurst {
+			msg := fmt.Appendf(nil, "datagram %05d of a burst of equal lengths", k*perBurst+i)
+			if err := unix.Sendto(sockA, msg, 0, &unix.SockaddrInet4{Port: 7, Addr: [4]byte{198, 19, 2, 1}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range perBurst {
+			want := fmt.Appendf(nil, "datagram %05d of a burst of equal lengths", k*perBurst+i)
+			if got, _ := recvWithin(t, sockB, 2*time.Second); !bytes.Equal(got, want) {
+				t.Fatalf("got %q, want %q", got, want)
+			}
+		}
+	}
+	stop()
+	st := offloadState(b.dev)
+	t.Logf("B: %+v", st)
+	if st.USO && st.SuperWrites == 0 {
+		t.Errorf("B takes USO but wrote no UDP super-packet: %+v\n%s", st, b.logs.String())
+	}
+	if bad := a.conn.bad.Load() + b.conn.bad.Load(); bad != 0 {
+		t.Errorf("%d datagrams on the wire were not one valid inner packet", bad)
+	}
 }
