@@ -72,6 +72,10 @@ type outbound struct {
 type inbound struct {
 	bufs  [][]byte // headroom + maxPacket each
 	views [][]byte // bufs[i][headroom:], what Conn.Read fills
+	// lent holds datagrams in place in the Conn's memory (viewConn),
+	// without headroom: the joint loop's device writes headers from iovecs
+	// of its own.
+	lent  [][]byte
 	sizes []int
 	addrs []netip.AddrPort
 	ready [][]byte // accepted packets, slices of bufs
@@ -103,6 +107,7 @@ func NewForwarder(c Config) *Forwarder {
 	f.in = inbound{
 		bufs:  makeBufs(n),
 		views: make([][]byte, n),
+		lent:  make([][]byte, n),
 		sizes: make([]int, n),
 		addrs: make([]netip.AddrPort, n),
 		ready: make([][]byte, 0, n),
@@ -231,6 +236,16 @@ type jointConn interface {
 	FD() int
 }
 
+// viewConn is a jointConn that can lend its datagrams in place instead of
+// copying them into the caller's buffers (the Linux UDP conn with GRO on,
+// which receives into buffers of its own anyway).
+type viewConn interface {
+	// TryReadViews is TryRead setting views[i] to datagram i in the
+	// conn's memory, valid until the next read.
+	TryReadViews(views [][]byte, sizes []int, addrs []netip.AddrPort) (n int, empty bool, err error)
+	Views() bool
+}
+
 // joint runs both directions in one goroutine: a batch each way while
 // there is work, one poll on both when there is none. A TCP flow's data
 // and its ACKs then share a thread's wakeups: after a TUN write the kernel
@@ -251,6 +266,8 @@ type jointConn interface {
 // in polls shorter than 10 ms; after that it sleeps without a timeout.
 func (f *Forwarder) joint(d jointDevice, c jointConn) error {
 	o, in := &f.out, &f.in
+	vc, lend := c.(viewConn)
+	lend = lend && vc.Views()
 	lastYield := time.Now()
 	quiet := keepPolls // no traffic yet: wait without a timeout
 	devMore, connMore := true, true
@@ -270,11 +287,20 @@ func (f *Forwarder) joint(d jointDevice, c jointConn) error {
 			}
 		}
 		if connMore {
-			m, empty, err := c.TryRead(in.views, in.sizes, in.addrs)
+			var m int
+			var empty bool
+			var err error
+			pkts, off := in.bufs, headroom
+			if lend {
+				m, empty, err = vc.TryReadViews(in.lent, in.sizes, in.addrs)
+				pkts, off = in.lent, 0
+			} else {
+				m, empty, err = c.TryRead(in.views, in.sizes, in.addrs)
+			}
 			connMore = !empty
 			if m > 0 || err != nil {
 				quiet = 0
-				if err := f.forwardIn(m, err); err != nil {
+				if err := f.forwardIn(pkts, off, m, err); err != nil {
 					return err
 				}
 				devMore = true
@@ -406,17 +432,17 @@ func (f *Forwarder) send(pkts [][]byte, peer *peerEntry) error {
 func (f *Forwarder) udpToTUN() error {
 	in := &f.in
 	n, err := f.conn.Read(in.views, in.sizes, in.addrs)
-	return f.forwardIn(n, err)
+	return f.forwardIn(in.bufs, headroom, n, err)
 }
 
-// forwardIn handles the outcome of a socket read: n datagrams in
-// f.in.views, then err.
-func (f *Forwarder) forwardIn(n int, err error) error {
+// forwardIn handles the outcome of a socket read: n datagrams, each
+// pkts[i][off:] (off bytes of headroom before it), then err.
+func (f *Forwarder) forwardIn(pkts [][]byte, off, n int, err error) error {
 	in := &f.in
 	peers := f.peers.Load()
 	ready := in.ready[:0]
 	for i := range n {
-		pkt := in.views[i][:in.sizes[i]]
+		pkt := pkts[i][off : off+in.sizes[i]]
 		reason := ValidateIPv4(pkt)
 		var from *peerEntry
 		if reason == DropNone {
@@ -433,9 +459,9 @@ func (f *Forwarder) forwardIn(n int, err error) error {
 			from.stats.RxPackets.Add(1)
 			from.stats.RxBytes.Add(uint64(len(pkt)))
 		}
-		ready = append(ready, in.bufs[i][:headroom+len(pkt)])
+		ready = append(ready, pkts[i][:off+len(pkt)])
 	}
-	if werr := f.writeTUN(ready); werr != nil {
+	if werr := f.writeTUN(ready, off); werr != nil {
 		return werr
 	}
 	if err != nil {
@@ -444,16 +470,17 @@ func (f *Forwarder) forwardIn(n int, err error) error {
 	return nil
 }
 
-// writeTUN writes pkts (each with headroom) to the TUN. A packet the kernel
-// refuses is counted and skipped; only a closed device stops the loop.
-func (f *Forwarder) writeTUN(pkts [][]byte) error {
+// writeTUN writes pkts (each with off bytes of headroom) to the TUN. A
+// packet the kernel refuses is counted and skipped; only a closed device
+// stops the loop.
+func (f *Forwarder) writeTUN(pkts [][]byte, off int) error {
 	s := &f.in.stats
 	for len(pkts) > 0 {
-		n, err := f.dev.Write(pkts, headroom)
+		n, err := f.dev.Write(pkts, off)
 		n = min(max(n, 0), len(pkts))
 		bytes := 0
 		for _, p := range pkts[:n] {
-			bytes += len(p) - headroom
+			bytes += len(p) - off
 		}
 		s.packets.Add(uint64(n))
 		s.bytes.Add(uint64(bytes))

@@ -569,6 +569,7 @@ type checkingConn struct {
 	good, bad       atomic.Uint64
 	firstBad        atomic.Pointer[string]
 	reads, tryReads atomic.Uint64 // which path the forwarder took
+	viewReads       atomic.Uint64 // of tryReads, datagrams taken in place
 }
 
 // jointConn is what the forwarder needs to serve both directions in one
@@ -593,6 +594,26 @@ func (c *checkingConn) TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPor
 }
 
 func (c *checkingConn) FD() int { return c.Conn.(jointConn).FD() }
+
+// viewConn is what lets the forwarder take datagrams in place; the Linux
+// UDP conn has it with GRO on.
+type viewConn interface {
+	TryReadViews(views [][]byte, sizes []int, addrs []netip.AddrPort) (int, bool, error)
+	Views() bool
+}
+
+func (c *checkingConn) TryReadViews(views [][]byte, sizes []int, addrs []netip.AddrPort) (int, bool, error) {
+	c.tryReads.Add(1)
+	c.viewReads.Add(1)
+	n, empty, err := c.Conn.(viewConn).TryReadViews(views, sizes, addrs)
+	c.check(views, sizes, n)
+	return n, empty, err
+}
+
+func (c *checkingConn) Views() bool {
+	v, ok := c.Conn.(viewConn)
+	return ok && v.Views()
+}
 
 func (c *checkingConn) check(bufs [][]byte, sizes []int, n int) {
 	for i := range n {
@@ -773,6 +794,10 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
 	for name, c := range map[string]*checkingConn{"A": a.conn, "B": b.conn} {
 		if r, tr := c.reads.Load(), c.tryReads.Load(); split && tr != 0 || !split && r != 0 {
 			t.Errorf("%s: %d blocking reads and %d tries with split=%v: the forwarder took the other path", name, r, tr, split)
+		}
+		// One goroutine with GRO on takes datagrams in place.
+		if v, tr := c.viewReads.Load(), c.tryReads.Load(); !split && v != tr {
+			t.Errorf("%s: %d of %d tries took datagrams in place", name, v, tr)
 		}
 	}
 	if b.conn.good.Load() < uint64(len(data)/1472) {

@@ -214,7 +214,11 @@ func (c *udpConn) setSegmentSize(i, size int) {
 // message is handed out one datagram per caller buffer, cut at the
 // gso_size the kernel reported. What does not fit waits for the next Read,
 // which returns it without a system call.
-func (c *udpConn) readGRO(bufs [][]byte, sizes []int, addrs []netip.AddrPort, flags int) (n int, empty bool, err error) {
+//
+// With views set it copies nothing: bufs[i] is set to datagram i where it
+// lies in our slot, which stays as it is until a later call needs a new
+// recvmmsg.
+func (c *udpConn) readGRO(bufs [][]byte, sizes []int, addrs []netip.AddrPort, flags int, views bool) (n int, empty bool, err error) {
 	if c.closed.Load() {
 		return 0, false, c.errClosed("read from")
 	}
@@ -252,7 +256,12 @@ func (c *udpConn) readGRO(bufs [][]byte, sizes []int, addrs []netip.AddrPort, fl
 		from := c.source(i)
 		for n < len(bufs) {
 			end := min(c.roff+seg, len(msg))
-			sizes[n] = copy(bufs[n], msg[c.roff:end])
+			if views {
+				bufs[n] = msg[c.roff:end:end]
+				sizes[n] = end - c.roff
+			} else {
+				sizes[n] = copy(bufs[n], msg[c.roff:end])
+			}
 			addrs[n] = from
 			n++
 			c.roff = end

@@ -447,8 +447,8 @@ func TestUDPGROCloseWithLeftovers(t *testing.T) {
 }
 
 func TestUDPOffloadAllocs(t *testing.T) {
-	for _, tt := range []struct{ gso, gro bool }{{true, false}, {false, true}, {true, true}} {
-		t.Run(fmt.Sprintf("gso=%v/gro=%v", tt.gso, tt.gro), func(t *testing.T) {
+	for _, tt := range []struct{ gso, gro, views bool }{{true, false, false}, {false, true, false}, {true, true, false}, {true, true, true}} {
+		t.Run(fmt.Sprintf("gso=%v/gro=%v/views=%v", tt.gso, tt.gro, tt.views), func(t *testing.T) {
 			a, b := listenOffload(t, tt.gso, false), listenOffload(t, false, tt.gro)
 			out := packets(16, append(repeat(40, 1400), 300, 1400, 52)...)
 			in := make([][]byte, 16) // fewer than sent: leftovers too
@@ -465,7 +465,14 @@ func TestUDPOffloadAllocs(t *testing.T) {
 					return
 				}
 				for got := 0; got < len(out); {
-					r, err := b.Read(in, sizes, addrs)
+					read := b.Read
+					if tt.views { // loopback delivers within Write: no wait needed
+						read = func(v [][]byte, s []int, a []netip.AddrPort) (int, error) {
+							n, _, err := b.TryReadViews(v, s, a)
+							return n, err
+						}
+					}
+					r, err := read(in, sizes, addrs)
 					if err != nil {
 						failed = err
 						return
@@ -570,4 +577,46 @@ func TestUDPGROWholeMessages(t *testing.T) {
 	if !slices.Equal(counts, []int{5, 5, 8, 4}) {
 		t.Errorf("Reads returned %v datagrams, want [5 5 8 4]: whole messages, and the 12 in two", counts)
 	}
+}
+
+// TestUDPGROViews: with GRO on, TryReadViews hands out the same datagrams
+// as Read, in place in the conn's memory; with GRO off it refuses.
+func TestUDPGROViews(t *testing.T) {
+	const offset = 16
+	a, b := listenOffload(t, true, false), listenOffload(t, false, true)
+	if a.Views() {
+		t.Fatal("a conn without GRO says it lends views")
+	} else if _, _, err := a.TryReadViews(make([][]byte, 1), make([]int, 1), make([]netip.AddrPort, 1)); err == nil {
+		t.Fatal("TryReadViews without GRO did not fail")
+	}
+	if !b.Views() {
+		t.Fatal("a conn with GRO does not lend views")
+	}
+	var _ viewConn = b // what the forwarder looks for
+	var want [][]byte
+	for _, g := range [][]int{repeat(5, 1000), repeat(12, 800), {300}} {
+		bufs := packets(offset, g...)
+		want = append(want, bufs...)
+		if err := a.Write(bufs, offset, b.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	views := make([][]byte, 8)
+	sz := make([]int, len(views))
+	addrs := make([]netip.AddrPort, len(views))
+	deadline := time.Now().Add(5 * time.Second)
+	var got [][]byte
+	for len(got) < len(want) && time.Now().Before(deadline) {
+		n, _, err := b.TryReadViews(views, sz, addrs)
+		if err != nil {
+			t.Fatalf("after %d datagrams: %v", len(got), err)
+		}
+		for i := range n {
+			if len(views[i]) != sz[i] || addrs[i] != a.LocalAddr() {
+				t.Fatalf("view %d: %d bytes for size %d, from %v", i, len(views[i]), sz[i], addrs[i])
+			}
+			got = append(got, bytes.Clone(views[i]))
+		}
+	}
+	expectDatagrams(t, got, want, offset)
 }

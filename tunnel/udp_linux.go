@@ -183,6 +183,21 @@ func (c *udpConn) TryRead(bufs [][]byte, sizes []int, addrs []netip.AddrPort) (n
 	return c.read(bufs, sizes, addrs, unix.MSG_DONTWAIT)
 }
 
+// TryReadViews is TryRead without copying: views[i] is set to datagram i
+// in the conn's own memory, valid until the next read. Only with GRO on
+// (Views): then datagrams are received into the conn's slots anyway.
+func (c *udpConn) TryReadViews(views [][]byte, sizes []int, addrs []netip.AddrPort) (n int, empty bool, err error) {
+	if !c.groOn {
+		return 0, false, errors.New("read views from udp " + c.local.String() + ": GRO is off")
+	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	return c.readGRO(views, sizes, addrs, unix.MSG_DONTWAIT, true)
+}
+
+// Views reports whether TryReadViews works.
+func (c *udpConn) Views() bool { return c.groOn }
+
 // FD is the socket, for polling it together with a device.
 func (c *udpConn) FD() int { return c.fd }
 
@@ -190,7 +205,7 @@ func (c *udpConn) read(bufs [][]byte, sizes []int, addrs []netip.AddrPort, flags
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	if c.groOn {
-		return c.readGRO(bufs, sizes, addrs, flags)
+		return c.readGRO(bufs, sizes, addrs, flags, false)
 	}
 	// Without GRO every message is one datagram: receive straight into
 	// the caller's buffers.
