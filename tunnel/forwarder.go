@@ -262,17 +262,18 @@ type viewConn interface {
 // (sysmon) sleeps, and the next return from a system call wakes it to run
 // every 20 µs for a millisecond, on the CPU the packets are being forwarded
 // on (seen on every ping, with perf sched). So the loop yields every
-// yieldEvery, and while traffic is recent (keepPolls × keepPoll) it waits
-// in polls shorter than 10 ms; after that it sleeps without a timeout.
+// yieldEvery, and while traffic is recent (keepFor) it waits in polls that
+// end when the next yield is due; after that it sleeps without a timeout.
 func (f *Forwarder) joint(d jointDevice, c jointConn) error {
 	o, in := &f.out, &f.in
 	vc, lend := c.(viewConn)
 	lend = lend && vc.Views()
 	lastYield := time.Now()
-	quiet := keepPolls // no traffic yet: wait without a timeout
+	lastTraffic := lastYield.Add(-keepFor) // none yet: wait without a timeout
 	devMore, connMore := true, true
 	for {
-		if now := time.Now(); now.Sub(lastYield) >= yieldEvery {
+		now := time.Now()
+		if now.Sub(lastYield) >= yieldEvery {
 			runtime.Gosched()
 			lastYield = now
 		}
@@ -280,7 +281,7 @@ func (f *Forwarder) joint(d jointDevice, c jointConn) error {
 			n, empty, err := d.TryRead(o.bufs, o.sizes, headroom)
 			devMore = !empty
 			if n > 0 || err != nil {
-				quiet = 0
+				lastTraffic = now
 				if err := f.forwardOut(n, err); err != nil {
 					return err
 				}
@@ -299,7 +300,7 @@ func (f *Forwarder) joint(d jointDevice, c jointConn) error {
 			}
 			connMore = !empty
 			if m > 0 || err != nil {
-				quiet = 0
+				lastTraffic = now
 				if err := f.forwardIn(pkts, off, m, err); err != nil {
 					return err
 				}
@@ -310,29 +311,27 @@ func (f *Forwarder) joint(d jointDevice, c jointConn) error {
 			continue
 		}
 		timeout := time.Duration(-1)
-		if quiet < keepPolls {
-			timeout = keepPoll
+		if now.Sub(lastTraffic) < keepFor {
+			timeout = max(lastYield.Add(yieldEvery).Sub(now), time.Millisecond)
 		}
 		var err error
 		devMore, connMore, err = d.WaitReadable(c.FD(), timeout)
 		if err != nil {
 			return err
 		}
-		if !devMore && !connMore {
-			quiet++
-		}
 	}
 }
 
-// The joint loop's scheduler settings (see joint). A loop turn lasts at
-// most keepPoll plus one batch, so yieldEvery + keepPoll stays under the
-// runtime's 10 ms. Each yield costs a wakeup of an idle thread (the
-// runtime looks for other work), hence not more often. keepPolls ×
-// keepPoll is how long after the last packet the loop keeps its P.
+// The joint loop's scheduler settings (see joint). yieldEvery stays under
+// the runtime's 10 ms with a margin for one batch's work. Each yield and
+// each poll that times out costs a wakeup (the runtime also wakes an idle
+// thread to look for other work when the loop yields): at 8 ms that is
+// 250 a second while traffic is recent, so keepFor is short; a stream of
+// sparse packets (health checks every second) keeps the P only a quarter
+// of the time, and a packet after a quiet spell pays the runtime's wakeup.
 const (
-	yieldEvery = 4 * time.Millisecond
-	keepPoll   = 4 * time.Millisecond
-	keepPolls  = 250
+	yieldEvery = 8 * time.Millisecond
+	keepFor    = 250 * time.Millisecond
 )
 
 func loop(step func() error) error {
