@@ -50,24 +50,13 @@ type segmenter struct {
 // from the IP and TCP headers, checked against csum_start; hdr_len, which
 // some kernels fill with the whole linear part, is ignored.
 func (s *segmenter) start(h *virtioNetHdr, pkt []byte) bool {
-	if !s.startHeaders(h, pkt, len(pkt)) {
-		return false
-	}
-	s.payload = pkt[s.hdrLen:]
-	return true
-}
-
-// startHeaders is start for a super-packet of total bytes of which pkt
-// holds the first ones, at least its headers: it leaves nothing pending,
-// ready for the payload to be set, or emitted in place with finish.
-func (s *segmenter) startHeaders(h *virtioNetHdr, pkt []byte, total int) bool {
 	s.payload = nil
 	if len(pkt) < IPv4HeaderLen || pkt[0]>>4 != 4 || h.gsoSize == 0 {
 		return false
 	}
 	ipLen := int(pkt[0]&0x0f) * 4
-	if ipLen < IPv4HeaderLen || total < ipLen || len(pkt) < ipLen+8 ||
-		int(binary.BigEndian.Uint16(pkt[2:4])) != total ||
+	if ipLen < IPv4HeaderLen || len(pkt) < ipLen ||
+		int(binary.BigEndian.Uint16(pkt[2:4])) != len(pkt) ||
 		binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 { // MF or a fragment offset
 		return false
 	}
@@ -77,7 +66,7 @@ func (s *segmenter) startHeaders(h *virtioNetHdr, pkt []byte, total int) bool {
 	var l4Len int
 	switch h.gsoType &^ virtioGSOECN {
 	case virtioGSOTCPv4:
-		if pkt[9] != protoTCP || len(pkt) < ipLen+20 || total < ipLen+20 {
+		if pkt[9] != protoTCP || len(pkt) < ipLen+20 {
 			return false
 		}
 		l4Len = int(pkt[ipLen+12]>>4) * 4
@@ -96,12 +85,13 @@ func (s *segmenter) startHeaders(h *virtioNetHdr, pkt []byte, total int) bool {
 		return false
 	}
 	hdrLen := ipLen + l4Len
-	if total <= hdrLen || len(pkt) < hdrLen || hdrLen > maxHeaders {
-		return false // a super-packet without payload, or headers cut
+	if len(pkt) <= hdrLen {
+		return false // a super-packet without payload
 	}
 	copy(s.hdr[:], pkt[:hdrLen])
 	s.ipLen, s.hdrLen, s.proto = ipLen, hdrLen, pkt[9]
 	s.gsoSize = int(h.gsoSize)
+	s.payload = pkt[hdrLen:]
 	s.id = binary.BigEndian.Uint16(pkt[4:6])
 	if s.proto == protoTCP {
 		s.seq = binary.BigEndian.Uint32(pkt[ipLen+4 : ipLen+8])
@@ -130,26 +120,18 @@ func (s *segmenter) next(dst []byte) (int, bool) {
 	if n == 0 || len(dst) < size {
 		return 0, false
 	}
-	if &dst[s.hdrLen] != &s.payload[0] {
+	last := n == len(s.payload)
+	inPlace := &dst[s.hdrLen] == &s.payload[0]
+	copy(dst, s.hdr[:s.hdrLen])
+	if !inPlace {
 		copy(dst[s.hdrLen:size], s.payload[:n])
 	}
-	s.payload = s.payload[n:]
-	s.finish(dst[:size], len(s.payload) == 0)
-	return size, true
-}
-
-// finish makes seg, whose payload is in place after room for the headers,
-// the next segment: headers from the template, fixed up, with checksums.
-// last says whether it ends the super-packet.
-func (s *segmenter) finish(seg []byte, last bool) {
-	copy(seg, s.hdr[:s.hdrLen])
-	size := len(seg)
-	ip := seg[:s.ipLen]
+	ip := dst[:s.ipLen]
 	binary.BigEndian.PutUint16(ip[2:4], uint16(size))
 	binary.BigEndian.PutUint16(ip[4:6], s.id)
 	setIPv4HeaderChecksum(ip, s.ipLen)
 
-	l4 := seg[s.ipLen:]
+	l4 := dst[s.ipLen:size]
 	sum := s.pseudo + uint64(len(l4))
 	if s.proto == protoTCP {
 		binary.BigEndian.PutUint32(l4[4:8], s.seq)
@@ -168,9 +150,12 @@ func (s *segmenter) finish(seg []byte, last bool) {
 		l4[6], l4[7] = 0, 0
 		binary.BigEndian.PutUint16(l4[6:8], udpChecksum(checksum(l4, sum)))
 	}
-	s.seq += uint32(size - s.hdrLen)
+
+	s.payload = s.payload[n:]
+	s.seq += uint32(n)
 	s.id++
 	s.first = false
+	return size, true
 }
 
 // udpChecksum maps a computed UDP checksum of 0 to 0xffff: 0 in the field

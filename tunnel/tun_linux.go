@@ -104,18 +104,12 @@ type tun struct {
 	// caller's buffer, when it is large enough and enough buffers remain
 	// for its segments, or into rbuf; what does not fit in one Read waits
 	// in seg (its payload moved to rbuf if it was in the caller's buffer).
-	rvh  [virtioNetHdrLen]byte
-	riov [2]unix.Iovec
-	rbuf []byte
-	seg  segmenter
-	// Spaced reads (see spacedIovecs): the guessed header length and
-	// segment size, the buffers the last one used, its iovecs, and room
-	// to gather one that was not laid out as guessed.
-	spaceHdr, spaceSeg, spaceBufs int
-	siov                          []unix.Iovec
-	sbuf                          []byte
-	segBorrowed                   bool // seg's payload lies in the caller's buffer
-	segHint                       int  // segments in the last packet read
+	rvh         [virtioNetHdrLen]byte
+	riov        [2]unix.Iovec
+	rbuf        []byte
+	seg         segmenter
+	segBorrowed bool // seg's payload lies in the caller's buffer
+	segHint     int  // segments in the last packet read
 
 	// Write state (wmu).
 	wvh      [virtioNetHdrLen]byte // a super-packet's header
@@ -132,7 +126,6 @@ type tun struct {
 
 type offloadCounters struct {
 	fallbacks, superReads, segments, superWrites, coalesced, discarded atomic.Uint64
-	spacedInPlace, spacedGathered                                      atomic.Uint64
 }
 
 // OpenTUN creates (or attaches to) the TUN device name in IFF_TUN|IFF_NO_PI
@@ -218,8 +211,6 @@ func (t *tun) initVnet() {
 	t.vnet = true
 	t.coalesce.Store(true)
 	t.rbuf = make([]byte, maxPacket+1)
-	t.sbuf = make([]byte, maxPacket+1)
-	t.siov = make([]unix.Iovec, 0, tunBatchSize+2)
 	t.riov[0] = iovec(t.rvh[:])
 	t.wiov = make([]unix.Iovec, 0, maxRunSegments+2)
 }
@@ -323,7 +314,6 @@ func (t *tun) read(bufs [][]byte, sizes []int, offset int, block bool) (n int, e
 // readStats are one Read's counts, added to the device's once per call.
 type readStats struct {
 	superReads, segments, discarded uint64
-	spacedInPlace, spacedGathered   uint64 // spaced reads that held, that did not
 }
 
 func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int, block bool) (n int, empty bool, err error) {
@@ -335,21 +325,15 @@ func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int, block bool) (n in
 		}
 		n, empty = t.drain(bufs, sizes, offset, 0, &st), false
 		for n < len(bufs) {
-			iov, spaced := t.spacedIovecs(bufs, n, offset), true
-			var dst []byte
-			direct := false
-			if iov == nil {
-				// The header goes to its own iovec (no headroom needed);
-				// the packet goes straight to the caller if a whole
-				// super-packet fits there and its segments will too.
-				spaced, dst = false, t.rbuf
-				if b := bufs[n][offset:]; len(b) >= maxPacket && len(bufs)-n >= t.segHint {
-					dst, direct = b, true
-				}
-				t.riov[1] = iovec(dst)
-				iov = t.riov[:]
+			// The header goes to its own iovec (no headroom needed); the
+			// packet goes straight to the caller if a whole super-packet
+			// fits there and its segments will too.
+			dst, direct := t.rbuf, false
+			if b := bufs[n][offset:]; len(b) >= maxPacket && len(bufs)-n >= t.segHint {
+				dst, direct = b, true
 			}
-			r, _, errno := unix.Syscall(unix.SYS_READV, uintptr(t.fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+			t.riov[1] = iovec(dst)
+			r, _, errno := unix.Syscall(unix.SYS_READV, uintptr(t.fd), uintptr(unsafe.Pointer(&t.riov[0])), 2)
 			if errno == unix.EINTR {
 				continue
 			}
@@ -363,11 +347,7 @@ func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int, block bool) (n in
 				}
 				return 0, false, fmt.Errorf("read from tun %s: %w", t.name, errno)
 			}
-			if spaced {
-				n = t.receiveSpaced(bufs, sizes, offset, n, int(r), &st)
-			} else {
-				n = t.receive(bufs, sizes, offset, n, dst, direct, int(r), &st)
-			}
+			n = t.receive(bufs, sizes, offset, n, dst, direct, int(r), &st)
 		}
 		if n > 0 || !block {
 			return n, empty && !t.seg.pending(), nil
@@ -376,91 +356,6 @@ func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int, block bool) (n in
 			return 0, false, err
 		}
 	}
-}
-
-// Spaced reads. A TSO super-packet is headers then payload, cut every
-// gso_size bytes into segments that each need the headers in front. Read
-// contiguously, every segment's payload is then copied behind its headers.
-// When the last super-packet's header length and segment size are known
-// (a stream keeps them), the read is scattered instead: the first buffer
-// takes headers and the first segment, each next buffer the next segment's
-// payload after room for its headers, a tail iovec (rbuf) whatever the
-// buffers cannot take. If the guess holds, only headers are written
-// afterwards; if not, the pieces are gathered into sbuf and split as usual.
-
-// spacedIovecs returns the iovecs for a spaced read into bufs[n:], or nil if
-// one would not pay: no guess yet, the last read was no super-packet, or
-// fewer than two buffers can take a segment.
-func (t *tun) spacedIovecs(bufs [][]byte, n, offset int) []unix.Iovec {
-	h, m := t.spaceHdr, t.spaceSeg
-	if m == 0 || t.segHint < 2 || len(bufs)-n < 2 {
-		return nil
-	}
-	iov := append(t.siov[:0], iovec(t.rvh[:]))
-	left := maxPacket // the iovecs must take the largest packet
-	for i, b := range bufs[n:] {
-		b = b[offset:]
-		if len(b) < h+m || left <= 0 {
-			break
-		}
-		if i == 0 {
-			iov = append(iov, iovec(b[:h+m]))
-			left -= h + m
-		} else {
-			iov = append(iov, iovec(b[h:h+m]))
-			left -= m
-		}
-	}
-	if len(iov) < 3 {
-		return nil
-	}
-	t.spaceBufs = len(iov) - 1
-	if left > 0 {
-		iov = append(iov, iovec(t.rbuf[:left]))
-	}
-	t.siov = iov
-	return iov
-}
-
-// receiveSpaced handles a spaced read of r bytes into bufs[n:] (see
-// spacedIovecs) and returns the new count of filled buffers.
-func (t *tun) receiveSpaced(bufs [][]byte, sizes []int, offset, n, r int, st *readStats) int {
-	h, m := t.spaceHdr, t.spaceSeg
-	size := r - virtioNetHdrLen
-	first := bufs[n][offset:]
-	if size <= h+m {
-		// All of it is in the first buffer, as after a direct read.
-		return t.receive(bufs, sizes, offset, n, first, true, r, st)
-	}
-	var vh virtioNetHdr
-	vh.decode(t.rvh[:])
-	s := &t.seg
-	if vh.gsoType == virtioGSONone || !s.startHeaders(&vh, first[:h+m], size) ||
-		s.hdrLen != h || s.gsoSize != m {
-		// Not laid out as guessed: gather the pieces and split as usual.
-		got := copy(t.sbuf, first[:h+m])
-		for _, b := range bufs[n+1 : n+t.spaceBufs] {
-			got += copy(t.sbuf[got:size], b[offset+h:offset+h+m])
-		}
-		copy(t.sbuf[got:size], t.rbuf)
-		st.spacedGathered++
-		return t.receive(bufs, sizes, offset, n, t.sbuf, false, r, st)
-	}
-	st.superReads++
-	st.spacedInPlace++
-	t.segHint = (size - h + m - 1) / m
-	left := size - h
-	for end := n + t.spaceBufs; n < end && left > 0; n++ {
-		c := min(m, left)
-		left -= c
-		s.finish(bufs[n][offset:offset+h+c], left == 0)
-		sizes[n] = h + c
-		st.segments++
-	}
-	if left > 0 {
-		s.payload = t.rbuf[:left] // segments for the next Read (drain)
-	}
-	return n
 }
 
 // receive handles one read of r bytes (virtio-net header in t.rvh, packet
@@ -493,9 +388,6 @@ func (t *tun) receive(bufs [][]byte, sizes []int, offset, n int, dst []byte, dir
 	if !t.seg.start(&h, pkt) {
 		st.discarded++
 		return n
-	}
-	if t.seg.hdrLen+t.seg.gsoSize <= maxPacket {
-		t.spaceHdr, t.spaceSeg = t.seg.hdrLen, t.seg.gsoSize
 	}
 	st.superReads++
 	t.segHint = t.seg.segments()
@@ -536,10 +428,6 @@ func (t *tun) addReadStats(st *readStats) {
 	}
 	if st.discarded != 0 {
 		t.st.discarded.Add(st.discarded)
-	}
-	if st.spacedInPlace != 0 || st.spacedGathered != 0 {
-		t.st.spacedInPlace.Add(st.spacedInPlace)
-		t.st.spacedGathered.Add(st.spacedGathered)
 	}
 }
 

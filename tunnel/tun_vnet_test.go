@@ -98,18 +98,16 @@ func udpPacket(rng *rand.Rand, n int) []byte {
 	return pkt
 }
 
-// input is one packet as the kernel hands it to the device.
-type input struct {
-	h   virtioNetHdr
-	pkt []byte
-}
-
 // TestVnetReadSplits sends a mix of super-packets and single packets from
 // the "kernel" and reads them with batches of several shapes: big buffers
 // (read in place), small ones (through the device's buffer), batches
 // smaller than a super-packet (the rest waits for the next Read).
 func TestVnetReadSplits(t *testing.T) {
 	rng := rand.New(rand.NewPCG(31, 32))
+	type input struct {
+		h   virtioNetHdr
+		pkt []byte
+	}
 	var inputs []input
 	var want [][]byte
 	plain := udpPacket(rng, 300)
@@ -483,85 +481,6 @@ func BenchmarkVnetRead(b *testing.B) {
 			d.Close()
 			unix.Shutdown(d.peer, unix.SHUT_RDWR)
 			wg.Wait()
-		})
-	}
-}
-
-// TestVnetReadSpaced reads super-packets back to back, as a stream gives
-// them, so that each read after the first is scattered into the caller's
-// buffers as the last one was laid out: the same layout is split in place,
-// another one (a new MSS, a UDP super-packet, a single packet larger than
-// a segment) is gathered and split as usual. Either way the segments must
-// be those of a plain split, with every batch shape.
-func TestVnetReadSpaced(t *testing.T) {
-	rng := rand.New(rand.NewPCG(45, 46))
-	var inputs []input
-	var want [][]byte
-	super := func(n, mss, last int) {
-		h, sp := superTCP(TCP4{Src: tsoSrc, Dst: tsoDst, SPort: uint16(n), Seq: 7, Flags: TCPAck | TCPPsh, TCPOpts: tsOpts,
-			Payload: randomBytes(rng, (n-1)*mss+last)}, mss)
-		inputs = append(inputs, input{h, sp})
-		segs, _ := splitAll(t, h, bytes.Clone(sp), 1500)
-		want = append(want, segs...)
-	}
-	super(46, 1388, 1388)
-	super(46, 1388, 1388) // in place
-	super(3, 1388, 1)     // in place, short
-	super(20, 1000, 999)  // another MSS: gathered
-	super(46, 1000, 1000) // in place with the new one
-	usp := udpPacket(rng, 5000)
-	uh := virtioNetHdr{flags: virtioNeedsCsum, gsoType: virtioGSOUDPL4, gsoSize: 1200, csumStart: 20, csumOffset: 6}
-	inputs = append(inputs, input{uh, usp})
-	segs, _ := splitAll(t, uh, bytes.Clone(usp), 1500)
-	want = append(want, segs...) // gathered
-	super(30, 1200, 100)         // not TCP's layout of the last: gathered
-	big := udpPacket(rng, 1400)  // a single packet, longer than 28+1200
-	inputs = append(inputs, input{virtioNetHdr{}, big})
-	want = append(want, big)
-
-	for _, shape := range []struct {
-		name             string
-		n, size          int
-		inPlace, gathers uint64
-	}{
-		{"64 big", 64, 16 + maxPacket, 3, 4},
-		{"64 small", 64, 16 + 1500, 3, 4},
-		{"10 big", 10, 16 + maxPacket, 3, 4},
-		{"5 small", 5, 16 + 1500, 3, 4},
-	} {
-		t.Run(shape.name, func(t *testing.T) {
-			d := newPairedTUN(t)
-			bufs := sizedBufs(shape.n, shape.size)
-			sizes := make([]int, shape.n)
-			var got [][]byte
-			for _, in := range inputs {
-				d.send(t, in.h, in.pkt)
-				// Read everything before the next is sent: reads then
-				// meet one super-packet each.
-				for len(got) < len(want) {
-					n, empty, err := d.TryRead(bufs, sizes, testOffset)
-					if err != nil {
-						t.Fatal(err)
-					}
-					for i := range n {
-						got = append(got, bytes.Clone(bufs[i][testOffset:testOffset+sizes[i]]))
-					}
-					if empty {
-						break
-					}
-				}
-			}
-			if len(got) != len(want) {
-				t.Fatalf("read %d packets, want %d", len(got), len(want))
-			}
-			for i := range got {
-				if !bytes.Equal(got[i], want[i]) {
-					t.Fatalf("packet %d differs\n got % x\nwant % x", i, got[i][:min(len(got[i]), 60)], want[i][:min(len(want[i]), 60)])
-				}
-			}
-			if in, ga := d.st.spacedInPlace.Load(), d.st.spacedGathered.Load(); in != shape.inPlace || ga != shape.gathers {
-				t.Errorf("%d spaced reads split in place, %d gathered; want %d and %d", in, ga, shape.inPlace, shape.gathers)
-			}
 		})
 	}
 }
