@@ -78,7 +78,7 @@ type inbound struct {
 	lent  [][]byte
 	sizes []int
 	addrs []netip.AddrPort
-	ready [][]byte // accepted packets, slices of bufs
+	ready [][]byte // accepted packets, slices of bufs or lent
 	stats dirCounters
 }
 
@@ -222,7 +222,9 @@ func (f *Forwarder) Run(ctx context.Context) error {
 // tried without waiting and whose readiness can be awaited together, so
 // that one goroutine serves both directions. TryRead's empty reports that
 // the read found the queue empty: until a wait says otherwise, another
-// try would be a wasted system call.
+// try would be a wasted system call. A jointDevice's Write must take
+// packets without headroom (offset 0): the joint loop may hand it
+// datagrams in place in the socket's memory (viewConn).
 type jointDevice interface {
 	TryRead(bufs [][]byte, sizes []int, offset int) (n int, empty bool, err error)
 	// WaitReadable blocks until the device or fd is readable, the device
