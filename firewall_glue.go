@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -68,6 +69,7 @@ type firewallKeeper struct {
 	interval time.Duration
 	log      *slog.Logger
 	lastErr  string // logged once per change
+	drops    string // other tables' forward chains with policy drop, logged once per change
 }
 
 // run re-applies every -iptables-resync seconds and on SIGHUP, so an
@@ -116,5 +118,35 @@ func (k *firewallKeeper) apply(first bool) error {
 		k.log.Info("repaired nftables rules changed or removed outside weft", attrs...)
 	}
 	k.lastErr = ""
+	if r.Forward {
+		k.checkDrops()
+	}
 	return nil
+}
+
+// checkDrops warns when another table's forward chain drops by default:
+// weft's accepts cannot override it (see package firewall), so pod traffic
+// through this node would vanish there without a word. flanneld's iptables
+// rules sit in that very chain on such hosts; weft names the fix instead
+// of writing into a table it does not own.
+func (k *firewallKeeper) checkDrops() {
+	drops, err := firewall.ForwardDrops(k.conn)
+	if err != nil {
+		k.log.Debug("look for other nftables forward chains with policy drop", "err", err)
+		return
+	}
+	now := strings.Join(drops, ", ")
+	if now == k.drops {
+		return
+	}
+	k.drops = now
+	if now == "" {
+		k.log.Info("no other nftables forward chain drops by default any more")
+		return
+	}
+	network := k.rules.Network.String()
+	k.log.Warn("another nftables forward chain drops by default: overlay traffic forwarded through this node "+
+		"is dropped there unless a rule in it accepts the network (weft's accepts end only its own chain)",
+		"chains", now, "network", network,
+		"fix", fmt.Sprintf("iptables -I FORWARD -s %s -j ACCEPT && iptables -I FORWARD -d %s -j ACCEPT, or the same in nft", network, network))
 }

@@ -153,6 +153,55 @@ func TestFirewallKeeperRepairsAndKeepsRulesOnStop(t *testing.T) {
 	}
 }
 
+// A forward chain elsewhere with policy drop (Docker's, through
+// iptables-nft) is named in one warning with the fix, not once per resync,
+// and its removal is logged.
+func TestFirewallWarnsOfForwardDrops(t *testing.T) {
+	conn := fwTestConn(t)
+	drop := nftables.ChainPolicyDrop
+	filter := conn.AddTable(&nftables.Table{Name: "filter", Family: nftables.TableFamilyIPv4})
+	conn.AddChain(&nftables.Chain{Name: "FORWARD", Table: filter, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop})
+	if err := conn.Flush(); err != nil {
+		t.Fatalf("add Docker's FORWARD chain: %v", err)
+	}
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	o := &options{iptablesForwardRules: true, iptablesResync: 1}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	defer func() { cancel(); <-done }()
+	spawn := func(_ string, fn func(context.Context) error) { go func() { done <- fn(ctx) }() }
+	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn); err != nil {
+		t.Fatalf("startFirewallOn: %v", err)
+	}
+	const warning = "another nftables forward chain drops by default"
+	out := logs.String()
+	for _, want := range []string{warning, `chains="table ip filter chain FORWARD"`,
+		"iptables -I FORWARD -s 198.19.0.0/16 -j ACCEPT && iptables -I FORWARD -d 198.19.0.0/16 -j ACCEPT"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("start log lacks %q:\n%s", want, out)
+		}
+	}
+
+	time.Sleep(2500 * time.Millisecond) // two resyncs
+	if n := strings.Count(logs.String(), warning); n != 1 {
+		t.Errorf("warned %d times over two resyncs, want once:\n%s", n, logs.String())
+	}
+
+	conn.DelTable(filter)
+	if err := conn.Flush(); err != nil {
+		t.Fatalf("delete Docker's table: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(logs.String(), "no other nftables forward chain drops by default") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the chain's removal was not logged within 5 s:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // With both flags off, a table an earlier run left goes, and nothing runs.
 func TestFirewallOffRemovesLeftover(t *testing.T) {
 	conn := fwTestConn(t)

@@ -23,6 +23,8 @@
 // nftables evaluates every base chain on a hook: an accept here does not
 // override a drop in another table's forward chain (Docker's iptables FORWARD
 // policy, for instance), unlike flanneld's iptables rules in that chain.
+// ForwardDrops finds such chains, so that weft can say so instead of pods
+// silently losing their cross-node traffic.
 package firewall
 
 import (
@@ -113,6 +115,42 @@ func Apply(conn *nftables.Conn, r Rules) (changed bool, err error) {
 		return false, explain(fmt.Errorf("write nftables table ip %s: %w", TableName, err))
 	}
 	return true, nil
+}
+
+// ForwardDrops lists the base chains outside weft's table that drop
+// forwarded IPv4 packets by default: hook forward, policy drop, in an ip or
+// inet table. Overlay traffic forwarded through this node dies in each of
+// them unless a rule there accepts it, whatever weft's own chain says. The
+// common case is a Docker host, where iptables-nft keeps Docker's FORWARD
+// policy in "table ip filter". Chains are named as nft names them ("table ip
+// filter chain FORWARD"). iptables-legacy chains are not nftables and do not
+// show here.
+func ForwardDrops(conn *nftables.Conn) ([]string, error) {
+	chains, err := conn.ListChains()
+	if err != nil {
+		return nil, explain(fmt.Errorf("list nftables chains: %w", err))
+	}
+	var out []string
+	for _, c := range chains {
+		if c.Table == nil || c.Hooknum == nil || c.Policy == nil ||
+			*c.Hooknum != *nftables.ChainHookForward || *c.Policy != nftables.ChainPolicyDrop {
+			continue
+		}
+		var family string
+		switch c.Table.Family {
+		case nftables.TableFamilyIPv4:
+			if c.Table.Name == TableName {
+				continue // ours has policy accept; a drop there is an edit Apply repairs
+			}
+			family = "ip"
+		case nftables.TableFamilyINet:
+			family = "inet"
+		default:
+			continue // bridge and ip6 chains do not see forwarded IPv4
+		}
+		out = append(out, fmt.Sprintf("table %s %s chain %s", family, c.Table.Name, c.Name))
+	}
+	return out, nil
 }
 
 // Remove deletes weft's table and everything in it. An absent table is not

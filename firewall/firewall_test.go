@@ -3,6 +3,7 @@ package firewall
 import (
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
@@ -306,4 +307,58 @@ func mustPrefix(t *testing.T, s string) netip.Prefix {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestForwardDrops: the base chains of other tables that drop forwarded
+// IPv4 by default are found (Docker's iptables-nft FORWARD chain, an inet
+// one), and nothing else is: weft's own chain, chains with policy accept,
+// regular chains, IPv6 and bridge tables.
+func TestForwardDrops(t *testing.T) {
+	n := newTestNS(t, "drops")
+	mustApply(t, n, testRules(), true)
+	assertDrops(t, n) // none yet
+
+	drop, accept := nftables.ChainPolicyDrop, nftables.ChainPolicyAccept
+	base := func(family nftables.TableFamily, table, chain string, hook *nftables.ChainHook, policy *nftables.ChainPolicy) {
+		tbl := n.nft.AddTable(&nftables.Table{Name: table, Family: family})
+		c := &nftables.Chain{Name: chain, Table: tbl, Policy: policy}
+		if hook != nil {
+			c.Type, c.Hooknum, c.Priority = nftables.ChainTypeFilter, hook, nftables.ChainPriorityFilter
+		}
+		n.nft.AddChain(c)
+	}
+	base(nftables.TableFamilyIPv4, "filter", "FORWARD", nftables.ChainHookForward, &drop) // iptables-nft, Docker's policy
+	base(nftables.TableFamilyIPv4, "filter", "INPUT", nftables.ChainHookInput, &drop)
+	base(nftables.TableFamilyIPv4, "filter", "DOCKER-USER", nil, nil)
+	base(nftables.TableFamilyINet, "host", "fwd", nftables.ChainHookForward, &drop)
+	base(nftables.TableFamilyINet, "open", "fwd", nftables.ChainHookForward, &accept)
+	base(nftables.TableFamilyIPv6, "filter", "FORWARD", nftables.ChainHookForward, &drop)
+	base(nftables.TableFamilyBridge, "br", "fwd", nftables.ChainHookForward, &drop)
+	if err := n.nft.Flush(); err != nil {
+		t.Fatalf("add the other tables: %v", err)
+	}
+	assertDrops(t, n, "table inet host chain fwd", "table ip filter chain FORWARD")
+
+	// A drop policy written into weft's own chain is not reported: Apply
+	// puts the chain back.
+	c := &nftables.Chain{Name: ForwardChain, Table: table, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop}
+	n.nft.AddChain(c)
+	if err := n.nft.Flush(); err != nil {
+		t.Fatalf("set weft's forward policy to drop: %v", err)
+	}
+	assertDrops(t, n, "table inet host chain fwd", "table ip filter chain FORWARD")
+	mustApply(t, n, testRules(), true)
+}
+
+func assertDrops(t *testing.T, n *testNS, want ...string) {
+	t.Helper()
+	got, err := ForwardDrops(n.nft)
+	if err != nil {
+		t.Fatalf("ForwardDrops: %v", err)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("ForwardDrops = %q, want %q", got, want)
+	}
 }
