@@ -35,12 +35,14 @@ func (d *node) startFirewall(network, lease netip.Prefix, spawn func(string, fun
 	if err != nil {
 		return fmt.Errorf("open nftables: %w", err)
 	}
-	return startFirewallOn(conn, d.opts, d.log, network, lease, spawn)
+	return startFirewallOn(conn, d.opts, d.log, network, lease, spawn, d.health.setFirewall)
 }
 
+// startFirewallOn is startFirewall on conn; report, if not nil, receives the
+// rules' state after every apply (for weft status).
 func startFirewallOn(conn *nftables.Conn, o *options, log *slog.Logger, network, lease netip.Prefix,
-	spawn func(string, func(context.Context) error)) error {
-	k := &firewallKeeper{conn: conn, log: log, interval: time.Duration(o.iptablesResync) * time.Second,
+	spawn func(string, func(context.Context) error), report func(StatusFirewall)) error {
+	k := &firewallKeeper{conn: conn, log: log, report: report, interval: time.Duration(o.iptablesResync) * time.Second,
 		rules: firewall.Rules{Network: network, Subnet: lease, Masquerade: o.ipMasq,
 			FullyRandom: !o.ipMasqFullyRandomDisable, Forward: o.iptablesForwardRules}}
 	if !o.ipMasq && !o.iptablesForwardRules {
@@ -70,6 +72,7 @@ type firewallKeeper struct {
 	log      *slog.Logger
 	lastErr  string // logged once per change
 	drops    string // other tables' forward chains with policy drop, logged once per change
+	report   func(StatusFirewall)
 }
 
 // run re-applies every -iptables-resync seconds and on SIGHUP, so an
@@ -103,6 +106,7 @@ func (k *firewallKeeper) apply(first bool) error {
 			k.lastErr = msg
 			k.log.Warn("cannot apply nftables rules; retrying", "every", k.interval, "err", err)
 		}
+		k.publish(false, err.Error(), nil)
 		return err
 	}
 	attrs := []any{"table", "ip " + firewall.TableName, "masquerade", r.Masquerade, "forward", r.Forward,
@@ -118,10 +122,19 @@ func (k *firewallKeeper) apply(first bool) error {
 		k.log.Info("repaired nftables rules changed or removed outside weft", attrs...)
 	}
 	k.lastErr = ""
+	var drops []string
 	if r.Forward {
-		k.checkDrops()
+		drops = k.checkDrops()
 	}
+	k.publish(true, "", drops)
 	return nil
+}
+
+func (k *firewallKeeper) publish(inPlace bool, lastErr string, drops []string) {
+	if k.report != nil {
+		k.report(StatusFirewall{Masquerade: k.rules.Masquerade, ForwardRules: k.rules.Forward,
+			InPlace: inPlace, LastError: lastErr, ForwardDrops: drops})
+	}
 }
 
 // checkDrops warns when another table's forward chain drops by default:
@@ -129,24 +142,25 @@ func (k *firewallKeeper) apply(first bool) error {
 // through this node would vanish there without a word. flanneld's iptables
 // rules sit in that very chain on such hosts; weft names the fix instead
 // of writing into a table it does not own.
-func (k *firewallKeeper) checkDrops() {
+func (k *firewallKeeper) checkDrops() []string {
 	drops, err := firewall.ForwardDrops(k.conn)
 	if err != nil {
 		k.log.Debug("look for other nftables forward chains with policy drop", "err", err)
-		return
+		return nil
 	}
 	now := strings.Join(drops, ", ")
 	if now == k.drops {
-		return
+		return drops
 	}
 	k.drops = now
 	if now == "" {
 		k.log.Info("no other nftables forward chain drops by default any more")
-		return
+		return nil
 	}
 	network := k.rules.Network.String()
 	k.log.Warn("another nftables forward chain drops by default: overlay traffic forwarded through this node "+
 		"is dropped there unless a rule in it accepts the network (weft's accepts end only its own chain)",
 		"chains", now, "network", network,
 		"fix", fmt.Sprintf("iptables -I FORWARD -s %s -j ACCEPT && iptables -I FORWARD -d %s -j ACCEPT, or the same in nft", network, network))
+	return drops
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -108,7 +109,7 @@ func TestFirewallKeeperRepairsAndKeepsRulesOnStop(t *testing.T) {
 		spawned = append(spawned, name)
 		go func() { done <- fn(ctx) }()
 	}
-	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn); err != nil {
+	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn, nil); err != nil {
 		t.Fatalf("startFirewallOn: %v", err)
 	}
 	if len(spawned) != 1 {
@@ -172,8 +173,13 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 	done := make(chan error, 1)
 	defer func() { cancel(); <-done }()
 	spawn := func(_ string, fn func(context.Context) error) { go func() { done <- fn(ctx) }() }
-	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn); err != nil {
+	h := newHealth()
+	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn, h.setFirewall); err != nil {
 		t.Fatalf("startFirewallOn: %v", err)
+	}
+	if f := h.status().Firewall; f == nil || !f.InPlace || f.Masquerade || !f.ForwardRules ||
+		!slices.Equal(f.ForwardDrops, []string{"table ip filter chain FORWARD"}) {
+		t.Errorf("status: %+v, want the rules in place and Docker's chain named", f)
 	}
 	const warning = "another nftables forward chain drops by default"
 	out := logs.String()
@@ -200,6 +206,9 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	if f := h.status().Firewall; f == nil || !f.InPlace || len(f.ForwardDrops) != 0 {
+		t.Errorf("status after the chain went: %+v, want no drops named", f)
+	}
 }
 
 // With both flags off, a table an earlier run left goes, and nothing runs.
@@ -211,7 +220,7 @@ func TestFirewallOffRemovesLeftover(t *testing.T) {
 	var logs syncBuffer
 	o := &options{ipMasq: false, iptablesForwardRules: false, iptablesResync: 5}
 	spawn := func(name string, _ func(context.Context) error) { t.Errorf("spawned %s with both flags off", name) }
-	if err := startFirewallOn(conn, o, slog.New(slog.NewTextHandler(&logs, nil)), fwNetwork, fwLease, spawn); err != nil {
+	if err := startFirewallOn(conn, o, slog.New(slog.NewTextHandler(&logs, nil)), fwNetwork, fwLease, spawn, nil); err != nil {
 		t.Fatal(err)
 	}
 	if n := weftRuleCount(t, conn); n != 0 {
@@ -235,11 +244,15 @@ func TestFirewallFailurePolicy(t *testing.T) {
 	spawned := 0
 	spawn := func(string, func(context.Context) error) { spawned++ }
 
-	err = startFirewallOn(conn, &options{ipMasq: true, iptablesForwardRules: true, iptablesResync: 5}, log, bad, fwLease, spawn)
+	h := newHealth()
+	err = startFirewallOn(conn, &options{ipMasq: true, iptablesForwardRules: true, iptablesResync: 5}, log, bad, fwLease, spawn, h.setFirewall)
+	if f := h.status().Firewall; f == nil || f.InPlace || !f.Masquerade || !f.ForwardRules || !strings.Contains(f.LastError, "-ip-masq=true") {
+		t.Errorf("status after the failed start: %+v, want not in place with the error", f)
+	}
 	if err == nil || !strings.Contains(err.Error(), "-ip-masq=true") || spawned != 0 {
 		t.Errorf("with -ip-masq: err %v, spawned %d; want a fatal error naming the flags", err, spawned)
 	}
-	err = startFirewallOn(conn, &options{iptablesForwardRules: true, iptablesResync: 5}, log, bad, fwLease, spawn)
+	err = startFirewallOn(conn, &options{iptablesForwardRules: true, iptablesResync: 5}, log, bad, fwLease, spawn, nil)
 	if err != nil || spawned != 1 {
 		t.Errorf("forward rules only: err %v, spawned %d; want no error and the retry loop", err, spawned)
 	}

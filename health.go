@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -47,6 +48,7 @@ type health struct {
 	// etcdRequests reads the etcd client's request counts, if set.
 	etcdRequests func() map[string]uint64
 	table        StatusPeerTable
+	firewall     *StatusFirewall // nil while no rules are wanted
 }
 
 func newHealth() *health {
@@ -95,6 +97,14 @@ func (h *health) renewFailed(err error, now time.Time) {
 	h.renewFail++
 	h.mu.Unlock()
 }
+
+// setFirewall records the state of weft's nftables rules.
+func (h *health) setFirewall(f StatusFirewall) {
+	h.mu.Lock()
+	h.firewall = &f
+	h.mu.Unlock()
+}
+
 func (h *health) setReady() { h.mu.Lock(); h.ready = true; h.mu.Unlock() }
 
 // tableUpdated records a change of the data path's peer table: its size,
@@ -136,6 +146,7 @@ type Status struct {
 	Offload     bool            `json:"offload"`
 	Offloads    StatusOffloads  `json:"offloads"`
 	PeerTable   StatusPeerTable `json:"peerTable"`
+	Firewall    *StatusFirewall `json:"firewall,omitempty"`
 	// Peers is left out by /status?peers=0: at thousands of nodes it is
 	// most of the document.
 	Peers    []StatusPeer  `json:"peers,omitzero"`
@@ -152,6 +163,18 @@ type StatusPeerTable struct {
 	UpdateSeconds     float64 `json:"updateSeconds"` // total time spent updating
 	LastUpdateSeconds float64 `json:"lastUpdateSeconds"`
 	MaxUpdateSeconds  float64 `json:"maxUpdateSeconds"`
+}
+
+// StatusFirewall is the state of weft's nftables rules (-ip-masq,
+// -iptables-forward-rules); absent with both flags off.
+type StatusFirewall struct {
+	Masquerade   bool   `json:"masquerade"`
+	ForwardRules bool   `json:"forwardRules"`
+	InPlace      bool   `json:"inPlace"` // the last apply or check succeeded
+	LastError    string `json:"lastError,omitempty"`
+	// ForwardDrops names other tables' forward chains whose policy drops
+	// what weft's accepts let through (see firewall.ForwardDrops).
+	ForwardDrops []string `json:"forwardDrops,omitzero"`
 }
 
 // StatusOffloads says which kernel offloads the data path uses, and how
@@ -241,6 +264,11 @@ func (h *health) statusOf(withPeers bool) Status {
 					TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes})
 			}
 		}
+	}
+	if h.firewall != nil {
+		f := *h.firewall
+		f.ForwardDrops = slices.Clone(f.ForwardDrops)
+		s.Firewall = &f
 	}
 	if h.offloads != nil {
 		s.Offloads = h.offloads()

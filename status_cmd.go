@@ -126,6 +126,17 @@ func printStatus(w io.Writer, s *Status, now time.Time) {
 		}
 	}
 	fmt.Fprintf(tw, "device\t%s  mtu %d  source check %s  offload %s\n", s.Device, s.MTU, s.SourceCheck, offload)
+	if f := s.Firewall; f != nil {
+		state := "rules in place"
+		if !f.InPlace {
+			state = "NOT APPLIED: " + f.LastError
+		}
+		fmt.Fprintf(tw, "firewall\tmasquerade %s  forward rules %s  %s\n", onOff(f.Masquerade), onOff(f.ForwardRules), state)
+		if len(f.ForwardDrops) > 0 {
+			fmt.Fprintf(tw, "\tDROPPED by default in %s: allow the network there (weft's accepts cannot)\n",
+				strings.Join(f.ForwardDrops, ", "))
+		}
+	}
 	c := s.Counters
 	fmt.Fprintf(tw, "traffic\ttx %d packets %s  rx %d packets %s\n", c.TxPackets, humanBytes(c.TxBytes), c.RxPackets, humanBytes(c.RxBytes))
 	fmt.Fprintf(tw, "drops\t%s\n", formatCounts(c.Drops))
@@ -140,6 +151,13 @@ func printStatus(w io.Writer, s *Status, now time.Time) {
 		}
 		tw.Flush()
 	}
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // formatCounts prints non-zero counts as "a 1, b 2", or "none".

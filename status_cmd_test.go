@@ -23,6 +23,7 @@ func testHealth() *health {
 	h.setLease(subnet.Lease{Subnet: netip.MustParsePrefix("198.19.7.0/24"),
 		Attrs: subnet.Attrs{PublicIP: netip.MustParseAddr("198.18.0.2")}, Expiration: time.Now().Add(23 * time.Hour), ID: 9})
 	setTestPeers(h, []tunnel.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
+	h.setFirewall(StatusFirewall{ForwardRules: true, InPlace: true, ForwardDrops: []string{"table ip filter chain FORWARD"}})
 	h.setReady()
 	return h
 }
@@ -45,7 +46,8 @@ func TestStatusCommandOverSocket(t *testing.T) {
 	if err := execute(context.Background(), []string{"status", "--socket", sock}, &out, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"ready", "198.19.7.0/24", "198.18.0.2", "etcd", "up", "198.19.8.0/24", "198.18.0.3", "source check strict", "drops"} {
+	for _, want := range []string{"ready", "198.19.7.0/24", "198.18.0.2", "etcd", "up", "198.19.8.0/24", "198.18.0.3", "source check strict", "drops",
+		"firewall  masquerade off  forward rules on  rules in place", "DROPPED by default in table ip filter chain FORWARD"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status output lacks %q:\n%s", want, out.String())
 		}
