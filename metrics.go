@@ -33,6 +33,8 @@ var (
 	descDrops         = prometheus.NewDesc("weft_drops_total", "Packets dropped, by reason.", []string{"reason"}, nil)
 	descOffload       = prometheus.NewDesc("weft_offload_enabled", "1 while TUN and UDP offloads are in use.", nil, nil)
 	descOffloadFalls  = prometheus.NewDesc("weft_offload_fallbacks_total", "Offloads the kernel refused, after which weft used the plain path.", nil, nil)
+	descFwInPlace     = prometheus.NewDesc("weft_firewall_rules_in_place", "1 while weft's nftables rules are as the flags say (absent with -ip-masq and -iptables-forward-rules off).", nil, nil)
+	descFwDrops       = prometheus.NewDesc("weft_firewall_forward_drop_chains", "Other tables' forward chains that drop by default, where overlay traffic dies unless they accept it.", nil, nil)
 
 	// Per peer, only with -peer-metrics: one series per node of the cluster.
 	peerLabels        = []string{"subnet", "public_ip"}
@@ -47,7 +49,7 @@ type collector struct{ h *health }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descTableRev, descTableUpdates, descTableSeconds, descEtcdRequests, descLeaseExpiry, descRenewals, descEtcdUp,
 		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descOffload, descOffloadFalls,
-		descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
+		descFwInPlace, descFwDrops, descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
 		ch <- d
 	}
 }
@@ -91,6 +93,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descOffload, boolFloat(s.Offload))
 	counter(descOffloadFalls, s.Offloads.Fallbacks)
+	if f := s.Firewall; f != nil {
+		gauge(descFwInPlace, boolFloat(f.InPlace))
+		gauge(descFwDrops, float64(len(f.ForwardDrops)))
+	}
 	if c.h.peerMetrics {
 		for _, p := range s.Peers {
 			sn, ip := p.Subnet.String(), p.PublicIP.String()

@@ -82,6 +82,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		"weft_tx_packets_total 0", "weft_rx_bytes_total 0",
 		`weft_drops_total{reason="spoofed_source"} 0`,
 		"weft_offload_enabled 0",
+		"weft_firewall_rules_in_place 1", "weft_firewall_forward_drop_chains 1",
 		"go_goroutines", "process_resident_memory_bytes",
 		`weft_peer_rx_bytes_total{public_ip="198.18.0.3",subnet="198.19.8.0/24"} 0`,
 	} {
