@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -502,6 +503,9 @@ func (f *Forwarder) writeTUN(pkts [][]byte, off int) error {
 // persistent one (memory pressure, say) from spinning a core.
 func readFailed(s *dirCounters, n int, err error, op string) error {
 	if errors.Is(err, net.ErrClosed) || !transient(err) {
+		if strings.HasPrefix(err.Error(), op) {
+			return err // the device or socket named itself already (ours do)
+		}
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	s.readErrors.Add(1)

@@ -300,7 +300,7 @@ func (t *tun) read(bufs [][]byte, sizes []int, offset int, block bool) (n int, e
 			if n > 0 {
 				return n, false, nil // the error, if lasting, recurs on the next call
 			}
-			return 0, false, fmt.Errorf("read from tun %s: %w", t.name, err)
+			return 0, false, t.ioErr("read from", err)
 		}
 		if n > 0 || !block {
 			return n, empty, nil
@@ -345,7 +345,7 @@ func (t *tun) readVnet(bufs [][]byte, sizes []int, offset int, block bool) (n in
 				if n > 0 {
 					return n, false, nil // the error, if lasting, recurs on the next call
 				}
-				return 0, false, fmt.Errorf("read from tun %s: %w", t.name, errno)
+				return 0, false, t.ioErr("read from", errno)
 			}
 			n = t.receive(bufs, sizes, offset, n, dst, direct, int(r), &st)
 		}
@@ -459,7 +459,7 @@ func (t *tun) Write(bufs [][]byte, offset int) (int, error) {
 				}
 				continue
 			}
-			return i, fmt.Errorf("write to tun %s: %w", t.name, err)
+			return i, t.ioErr("write to", err)
 		}
 	}
 	return len(bufs), nil
@@ -564,7 +564,7 @@ func (t *tun) writeIov(iov []unix.Iovec) error {
 			}
 			continue
 		}
-		return fmt.Errorf("write to tun %s: %w", t.name, err)
+		return t.ioErr("write to", err)
 	}
 }
 
@@ -658,6 +658,18 @@ func (t *tun) Close() error {
 		t.closeErr = errors.Join(t.closeErr, closeFD(t.evfd, "close tun "+t.name+" eventfd"))
 	})
 	return t.closeErr
+}
+
+// ioErr wraps a failed read or write on the TUN fd. EBADFD means the
+// device is gone: deleted outside weft (ip link del), which leaves the fd
+// attached to nothing. weft cannot go on without it, and a new one needs
+// the route and address set up again, as at start.
+func (t *tun) ioErr(op string, err error) error {
+	if errors.Is(err, unix.EBADFD) {
+		return fmt.Errorf("%s tun %s: the device was deleted outside weft (%w); "+
+			"restart weft to create it again (systemd's Restart= does)", op, t.name, err)
+	}
+	return fmt.Errorf("%s tun %s: %w", op, t.name, err)
 }
 
 func (t *tun) errClosed(op string) error {

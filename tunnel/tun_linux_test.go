@@ -1,6 +1,7 @@
 package tunnel_test
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -291,5 +293,50 @@ func TestOpenTUNInvalid(t *testing.T) {
 	}
 	if _, err := tunnel.OpenTUN("udp0", 0); err == nil {
 		t.Error("mtu 0 accepted")
+	}
+}
+
+// TestTUNDeletedUnderForwarder: `ip link del` on the device stops the
+// forwarder with an error that says what happened and what to do, names
+// the device once, and still wraps EBADFD; with and without offloads.
+func TestTUNDeletedUnderForwarder(t *testing.T) {
+	h := enterNewNetns(t)
+	for _, offload := range []bool{false, true} {
+		name := tunName()
+		dev, err := tunnel.OpenTUNConfig(tunnel.TUNConfig{Name: name, MTU: 1400, Offload: offload})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { dev.Close() })
+		conn, err := tunnel.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		fwd := tunnel.NewForwarder(tunnel.Config{Device: dev, Conn: conn, Port: conn.LocalAddr().Port()})
+		done := make(chan error, 1)
+		go func() { done <- fwd.Run(context.Background()) }()
+
+		link, err := h.LinkByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.LinkSetUp(link); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond) // let the loop block in poll
+		if err := h.LinkDel(link); err != nil {
+			t.Fatalf("delete %s: %v", name, err)
+		}
+		select {
+		case err := <-done:
+			msg := fmt.Sprint(err)
+			if !errors.Is(err, unix.EBADFD) || !strings.Contains(msg, "deleted outside weft") ||
+				!strings.Contains(msg, "restart weft") || strings.Count(msg, "tun "+name) != 1 {
+				t.Errorf("offload %v: Run returned %q, want EBADFD explained, naming tun %s once", offload, msg, name)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("offload %v: forwarder still running 5 s after its device was deleted", offload)
+		}
 	}
 }
