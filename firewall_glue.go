@@ -137,6 +137,10 @@ func (k *firewallKeeper) publish(inPlace bool, lastErr string, drops []string) {
 	}
 }
 
+// legacyForwardDrop reads iptables-legacy's FORWARD policy; tests replace
+// it, since it reads the namespace of the thread that calls it.
+var legacyForwardDrop = firewall.LegacyForwardDrop
+
 // checkDrops warns when another table's forward chain drops by default:
 // weft's accepts cannot override it (see package firewall), so pod traffic
 // through this node would vanish there without a word. flanneld's iptables
@@ -148,17 +152,22 @@ func (k *firewallKeeper) checkDrops() []string {
 		k.log.Debug("look for other nftables forward chains with policy drop", "err", err)
 		return nil
 	}
+	if legacy, err := legacyForwardDrop(); err != nil {
+		k.log.Debug("look for a FORWARD drop policy of iptables-legacy", "err", err)
+	} else if legacy {
+		drops = append(drops, firewall.LegacyForwardChain)
+	}
 	now := strings.Join(drops, ", ")
 	if now == k.drops {
 		return drops
 	}
 	k.drops = now
 	if now == "" {
-		k.log.Info("no other nftables forward chain drops by default any more")
+		k.log.Info("no other forward chain drops by default any more")
 		return nil
 	}
 	network := k.rules.Network.String()
-	k.log.Warn("another nftables forward chain drops by default: overlay traffic forwarded through this node "+
+	k.log.Warn("another forward chain drops by default: overlay traffic forwarded through this node "+
 		"is dropped there unless a rule in it accepts the network (weft's accepts end only its own chain)",
 		"chains", now, "network", network,
 		"fix", fmt.Sprintf("iptables -I FORWARD -s %s -j ACCEPT && iptables -I FORWARD -d %s -j ACCEPT, or the same in nft", network, network))

@@ -173,6 +173,11 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 	done := make(chan error, 1)
 	defer func() { cancel(); <-done }()
 	spawn := func(_ string, fn func(context.Context) error) { go func() { done <- fn(ctx) }() }
+	// The real reader works on the calling thread's namespace, not conn's
+	// (firewall's tests cover it there): stand in for it.
+	var legacy atomic.Bool
+	legacyForwardDrop = func() (bool, error) { return legacy.Load(), nil }
+	t.Cleanup(func() { legacyForwardDrop = firewall.LegacyForwardDrop })
 	h := newHealth()
 	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn, h.setFirewall); err != nil {
 		t.Fatalf("startFirewallOn: %v", err)
@@ -181,7 +186,7 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 		!slices.Equal(f.ForwardDrops, []string{"table ip filter chain FORWARD"}) {
 		t.Errorf("status: %+v, want the rules in place and Docker's chain named", f)
 	}
-	const warning = "another nftables forward chain drops by default"
+	const warning = "another forward chain drops by default"
 	out := logs.String()
 	for _, want := range []string{warning, `chains="table ip filter chain FORWARD"`,
 		"iptables -I FORWARD -s 198.19.0.0/16 -j ACCEPT && iptables -I FORWARD -d 198.19.0.0/16 -j ACCEPT"} {
@@ -199,15 +204,27 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 	if err := conn.Flush(); err != nil {
 		t.Fatalf("delete Docker's table: %v", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(logs.String(), "no other nftables forward chain drops by default") {
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), "no other forward chain drops by default") {
 		if time.Now().After(deadline) {
-			t.Fatalf("the chain's removal was not logged within 5 s:\n%s", logs.String())
+			t.Fatalf("the chain's removal was not logged within 10 s:\n%s", logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	if f := h.status().Firewall; f == nil || !f.InPlace || len(f.ForwardDrops) != 0 {
 		t.Errorf("status after the chain went: %+v, want no drops named", f)
+	}
+
+	// iptables-legacy's FORWARD policy turns to DROP: warned of too.
+	legacy.Store(true)
+	for !strings.Contains(logs.String(), `chains="iptables-legacy filter FORWARD"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the legacy policy was not warned of within 10 s:\n%s", logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if f := h.status().Firewall; f == nil || !slices.Equal(f.ForwardDrops, []string{firewall.LegacyForwardChain}) {
+		t.Errorf("status with the legacy policy: %+v", f)
 	}
 }
 
