@@ -51,9 +51,12 @@ func LegacyForwardDrop() (bool, error) {
 	if err != nil || !loaded {
 		return false, err
 	}
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	// Any IPv4 socket reaches x_tables' getsockopt (iptables uses a raw
+	// one); a UDP one needs no CAP_NET_RAW, only the CAP_NET_ADMIN the
+	// kernel checks for the table.
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return false, fmt.Errorf("open a raw socket to read iptables-legacy's filter table: %w", err)
+		return false, fmt.Errorf("open a socket to read iptables-legacy's filter table: %w", err)
 	}
 	defer unix.Close(fd)
 
