@@ -229,9 +229,23 @@ func attachTUN(name string, flags uint16) (int, string, error) {
 	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
-		return -1, "", fmt.Errorf("open tun %s: TUNSETIFF: %w", name, err)
+		return -1, "", fmt.Errorf("open tun %s: TUNSETIFF: %w%s", name, err, attachHint(name, err))
 	}
 	return fd, ifr.Name(), nil
+}
+
+// attachHint names the likely cause of a refused TUNSETIFF: the two a
+// restart or a migration from flanneld runs into.
+func attachHint(name string, err error) string {
+	switch {
+	case errors.Is(err, unix.EBUSY):
+		return " (another process has the device open: a flanneld or a second weft still running?)"
+	case errors.Is(err, unix.EINVAL):
+		if _, e := net.InterfaceByName(name); e == nil {
+			return fmt.Sprintf(" (a device named %s exists and is not a TUN: delete it with `ip link del %s` or use another name)", name, name)
+		}
+	}
+	return ""
 }
 
 // Offload implements OffloadReporter.

@@ -340,3 +340,23 @@ func TestTUNDeletedUnderForwarder(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenTUNTakenName: a name another process holds, or that a device of
+// another kind has, is refused with the cause, the errno still wrapped.
+func TestOpenTUNTakenName(t *testing.T) {
+	h := enterNewNetns(t)
+	held := openTestTUN(t, h)
+	_, err := tunnel.OpenTUNConfig(tunnel.TUNConfig{Name: held.Name(), MTU: 1400, Offload: true})
+	if !errors.Is(err, unix.EBUSY) || !strings.Contains(fmt.Sprint(err), "another process has the device open") {
+		t.Errorf("opening a held TUN: %v", err)
+	}
+	name := tunName()
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
+	if err := h.LinkAdd(veth); err != nil {
+		t.Fatal(err)
+	}
+	_, err = tunnel.OpenTUNConfig(tunnel.TUNConfig{Name: name, MTU: 1400})
+	if !errors.Is(err, unix.EINVAL) || !strings.Contains(fmt.Sprint(err), "exists and is not a TUN: delete it with `ip link del "+name+"`") {
+		t.Errorf("opening a veth's name: %v", err)
+	}
+}
