@@ -192,7 +192,7 @@ func (d *node) run(ctx context.Context) error {
 
 	cfg, err := d.waitConfig(ctx)
 	if err != nil {
-		return err
+		return d.stoppedEarly(ctx, err, "while reading the network config")
 	}
 	d.cfg = cfg
 	d.log.Info("network config", "network", cfg.Network, "subnet-len", cfg.SubnetLen,
@@ -217,7 +217,7 @@ func (d *node) run(ctx context.Context) error {
 
 	lease, err := d.acquire(ctx)
 	if err != nil {
-		return err
+		return d.stoppedEarly(ctx, err, "while acquiring a lease")
 	}
 	d.health.setLease(lease)
 
@@ -370,6 +370,17 @@ func (d *node) run(ctx context.Context) error {
 		return nil
 	}
 	return cause
+}
+
+// stoppedEarly turns the error of a start-up step that a stop signal
+// interrupted into a clean stop: `systemctl stop` while etcd is down is
+// not a failure. Any other error is returned as it is.
+func (d *node) stoppedEarly(ctx context.Context, err error, during string) error {
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		d.log.Info("stopped before ready", "during", during)
+		return nil
+	}
+	return err
 }
 
 // waitConfig reads and validates the network config, retrying while it is

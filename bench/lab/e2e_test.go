@@ -451,6 +451,16 @@ func TestE2EEtcdDownAtStart(t *testing.T) {
 	if l.Ready(0) {
 		t.Fatal("ready while etcd is down")
 	}
+	// `systemctl stop` now is a clean stop, not a failed unit.
+	if code, err := l.StopWeft(0); err != nil || code != 0 {
+		t.Fatalf("SIGTERM while etcd is down: exit %d, %v; want 0\n%s", code, err, l.Log(0))
+	}
+	if log := l.Log(0); !strings.Contains(log, "stopped before ready") || strings.Contains(log, "context canceled") {
+		t.Errorf("log of the stop while etcd is down:\n%s", log)
+	}
+	if err := l.StartWeft(0); err != nil {
+		t.Fatal(err)
+	}
 	if err := l.StartEtcd(); err != nil {
 		t.Fatal(err)
 	}
