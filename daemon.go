@@ -91,6 +91,9 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 		return err
 	}
 	log.Info("starting weft", "version", versionString(), "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
+	if err := requireNetAdmin(); err != nil {
+		return err
+	}
 
 	nl, err := netlink.NewHandle()
 	if err != nil {
@@ -113,6 +116,22 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 	d := &node{opts: o, log: log, nl: nl, store: store, iface: iface, publicIP: publicIP, margin: margin, sourceCheck: check,
 		etcdBack: make(chan struct{}, 1), etcdWorks: make(chan struct{}, 1)}
 	return d.run(ctx)
+}
+
+// requireNetAdmin fails early, before a lease is taken, when the process
+// lacks CAP_NET_ADMIN: without it the TUN, its routes and the nftables
+// rules are all refused, after a lease would already be held in etcd.
+func requireNetAdmin() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData // version 3 writes two
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil // cannot tell: the first privileged call will say
+	}
+	if data[0].Effective&(1<<unix.CAP_NET_ADMIN) != 0 {
+		return nil
+	}
+	return errors.New("missing CAP_NET_ADMIN, which the TUN device, its routes and the nftables rules need: " +
+		"run weft as root, or with AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW as systemd/weft.service does")
 }
 
 func (o *options) chooseInterface(nl *netlink.Handle) (route.Iface, netip.Addr, error) {
