@@ -59,7 +59,32 @@ type options struct {
 	splitDirs    bool
 	offloads     string
 	useOffload   map[string]bool // parsed from offload and offloads
+
+	// flanneld's flags weft does not implement (see flanneldOnlyFlags),
+	// registered so that a flanneld unit's ExecStart gets an explanation
+	// instead of "unknown flag".
+	flanneldOnly map[string]*string
+	ignoredLog   []string // glog/klog flags given, noted at start
 }
+
+// flanneldOnlyFlags are flanneld's flags for what weft does not do, with
+// why and what instead; boolean ones count only when true.
+var flanneldOnlyFlags = []struct{ name, why string }{
+	{"kube-subnet-mgr", "weft leases subnets in etcd only (flanneld's default); the Kubernetes subnet manager is not supported: keep flanneld for it"},
+	{"kube-api-url", "the Kubernetes subnet manager is not supported: weft uses etcd (-etcd-endpoints)"},
+	{"kubeconfig-file", "the Kubernetes subnet manager is not supported: weft uses etcd (-etcd-endpoints)"},
+	{"kube-annotation-prefix", "the Kubernetes subnet manager is not supported: weft uses etcd (-etcd-endpoints)"},
+	{"net-config-path", "weft reads the network config from etcd, <etcd-prefix>/config (put it there with weft config put)"},
+	{"public-ipv6", "weft's udp backend is IPv4 only, as flannel's"},
+	{"set-node-network-unavailable", "the Kubernetes subnet manager is not supported: weft uses etcd"},
+}
+
+// flanneldBoolFlags are the boolean ones among flanneldOnlyFlags.
+var flanneldBoolFlags = map[string]bool{"kube-subnet-mgr": true, "set-node-network-unavailable": true}
+
+// glogFlags are the logging flags flanneld takes from glog/klog. weft logs
+// with log/slog to stderr (-log-format, -v), so they are accepted and noted.
+var glogFlags = []string{"logtostderr", "alsologtostderr", "log_dir", "log_file", "stderrthreshold", "vmodule", "log_backtrace_at"}
 
 func (o *options) etcdFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379", "comma-separated etcd endpoints")
@@ -95,6 +120,53 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.splitDirs, "split-directions", false, "forward each direction in a thread of its own instead of one thread polling TUN and socket together (for comparison; slower on few CPUs)")
 	fs.BoolVar(&o.peerMetrics, "peer-metrics", false, "export per-peer traffic counters on /metrics (one series per node: mind the cardinality)")
 	fs.StringVar(&o.sourceCheck, "source-check", "strict", "which datagrams to accept: strict (from the PublicIP of the lease holding the inner source), nat (inner source in any lease, for peers behind NAT), off (any, as flanneld)")
+
+	o.flanneldOnly = map[string]*string{}
+	hidden := func(name string, isBool bool) *string {
+		v := new(string)
+		fs.StringVar(v, name, "", "flanneld's; see flanneldOnlyFlags")
+		if isBool {
+			fs.Lookup(name).NoOptDefVal = "true"
+		}
+		fs.Lookup(name).Hidden = true
+		return v
+	}
+	for _, f := range flanneldOnlyFlags {
+		o.flanneldOnly[f.name] = hidden(f.name, flanneldBoolFlags[f.name])
+	}
+	for _, name := range glogFlags {
+		hidden(name, name == "logtostderr" || name == "alsologtostderr")
+	}
+}
+
+// checkFlanneldOnly refuses flanneld's flags for what weft does not do,
+// saying why, and collects the glog/klog flags given, to be noted at start.
+func (o *options) checkFlanneldOnly(fs *pflag.FlagSet) error {
+	for _, f := range flanneldOnlyFlags {
+		fl := fs.Lookup(f.name)
+		if !fl.Changed {
+			continue
+		}
+		v := *o.flanneldOnly[f.name]
+		if flanneldBoolFlags[f.name] && !isTrue(v) {
+			continue // -kube-subnet-mgr=false is what weft does anyway
+		}
+		return fmt.Errorf("flanneld's -%s=%s: %s", f.name, v, f.why)
+	}
+	for _, name := range glogFlags {
+		if fs.Lookup(name).Changed {
+			o.ignoredLog = append(o.ignoredLog, "-"+name)
+		}
+	}
+	return nil
+}
+
+func isTrue(v string) bool {
+	switch strings.ToLower(v) {
+	case "1", "t", "true":
+		return true
+	}
+	return false
 }
 
 // execute runs weft with args (without the program name).
@@ -121,6 +193,9 @@ or from FLANNELD_<NAME> environment variables (the command line wins).`,
 		SilenceUsage:  true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			if err := o.checkFlanneldOnly(cmd.Flags()); err != nil {
 				return err
 			}
 			if o.printVersion {

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"os"
 	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // parseOnly parses args like the real command line, without running the daemon.
@@ -98,7 +100,7 @@ func TestFlagsBadEnvironmentNamesVariable(t *testing.T) {
 }
 
 func TestFlagsUnknownIsNamed(t *testing.T) {
-	for _, arg := range []string{"-no-such-flag=1", "--no-such-flag", "-kube-subnet-mgr"} {
+	for _, arg := range []string{"-no-such-flag=1", "--no-such-flag", "-kube-subnet-mgrx"} {
 		_, err := parseOnly(t, []string{arg})
 		name := strings.TrimLeft(strings.SplitN(arg, "=", 2)[0], "-")
 		if err == nil || !strings.Contains(err.Error(), name) {
@@ -135,5 +137,59 @@ func TestRenewMarginRange(t *testing.T) {
 		if (err == nil) != ok {
 			t.Errorf("margin %d: err = %v", m, err)
 		}
+	}
+}
+
+// flanneld's flags for what weft does not do are refused with the reason,
+// from the command line or the environment; false booleans and glog's
+// logging flags pass (the latter noted at start).
+func TestFlanneldOnlyFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  string // FLANNELD_KUBE_SUBNET_MGR
+		want string // in the error; "" for none
+		logs []string
+	}{
+		{args: []string{"--kube-subnet-mgr"}, want: "flanneld's -kube-subnet-mgr=true: weft leases subnets in etcd only"},
+		{args: []string{"--kube-subnet-mgr=false"}},
+		{env: "true", want: "-kube-subnet-mgr=true"},
+		{env: "false"},
+		{args: []string{"--kubeconfig-file=/etc/k.conf"}, want: "Kubernetes subnet manager is not supported"},
+		{args: []string{"--net-config-path=/etc/kube-flannel/net-conf.json"}, want: "<etcd-prefix>/config"},
+		{args: []string{"--public-ipv6=2001:db8::1"}, want: "IPv4 only"},
+		{args: []string{"--logtostderr", "--alsologtostderr=true", "--log_dir=/var/log", "--v=2"}, logs: []string{"-logtostderr", "-alsologtostderr", "-log_dir"}},
+	} {
+		t.Setenv("FLANNELD_KUBE_SUBNET_MGR", tc.env)
+		if tc.env == "" {
+			os.Unsetenv("FLANNELD_KUBE_SUBNET_MGR")
+		}
+		o := &options{}
+		fs := pflag.NewFlagSet("weft", pflag.ContinueOnError)
+		o.daemonFlags(fs)
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatalf("%v: parse: %v", tc.args, err)
+		}
+		if err := applyEnv(fs); err != nil {
+			t.Fatalf("%v: env: %v", tc.args, err)
+		}
+		err := o.checkFlanneldOnly(fs)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%v env %q: %v, want no error", tc.args, tc.env, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%v env %q: %v, want an error with %q", tc.args, tc.env, err, tc.want)
+		}
+		if strings.Join(o.ignoredLog, " ") != strings.Join(tc.logs, " ") {
+			t.Errorf("%v: glog flags noted %v, want %v", tc.args, o.ignoredLog, tc.logs)
+		}
+	}
+	// Single-dash, as in flanneld units, through the whole command line.
+	err := execute(context.Background(), []string{"-kube-subnet-mgr"}, &bytes.Buffer{}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "Kubernetes subnet manager is not supported") {
+		t.Errorf("weft -kube-subnet-mgr: %v", err)
+	}
+	var help bytes.Buffer
+	if err := execute(context.Background(), []string{"--help"}, &help, &bytes.Buffer{}); err != nil || strings.Contains(help.String(), "kube-subnet-mgr") {
+		t.Errorf("--help lists the hidden flanneld flags (%v):\n%s", err, help.String())
 	}
 }

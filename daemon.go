@@ -91,6 +91,9 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 		return err
 	}
 	log.Info("starting weft", "version", versionString(), "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
+	if len(o.ignoredLog) > 0 {
+		log.Info("ignoring flanneld's glog flags: weft logs to stderr (-log-format, -v)", "flags", strings.Join(o.ignoredLog, " "))
+	}
 	if err := requireNetAdmin(); err != nil {
 		return err
 	}
