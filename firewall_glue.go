@@ -72,8 +72,16 @@ type firewallKeeper struct {
 	log      *slog.Logger
 	lastErr  string // logged once per change
 	drops    string // other tables' forward chains with policy drop, logged once per change
+	dropList []string
+	checked  time.Time // when drops were last looked for
 	report   func(StatusFirewall)
 }
+
+// dropsCheckEvery spaces the look for other tables' drop policies: it lists
+// every nftables chain of the node (40 ms for 15,000, as kube-proxy's
+// nftables mode can have), too much for every 5 s resync. Start and SIGHUP
+// always look. A variable so tests need not wait a minute.
+var dropsCheckEvery = time.Minute
 
 // run re-applies every -iptables-resync seconds and on SIGHUP, so an
 // operator's `nft flush ruleset` heals by itself.
@@ -89,6 +97,7 @@ func (k *firewallKeeper) run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		case <-hup:
+			k.checked = time.Time{} // look for drop policies now
 		}
 		_ = k.apply(false) // logged inside; the next tick retries
 	}
@@ -122,11 +131,10 @@ func (k *firewallKeeper) apply(first bool) error {
 		k.log.Info("repaired nftables rules changed or removed outside weft", attrs...)
 	}
 	k.lastErr = ""
-	var drops []string
-	if r.Forward {
-		drops = k.checkDrops()
+	if r.Forward && (first || time.Since(k.checked) >= dropsCheckEvery) {
+		k.dropList, k.checked = k.checkDrops(), time.Now()
 	}
-	k.publish(true, "", drops)
+	k.publish(true, "", k.dropList)
 	return nil
 }
 

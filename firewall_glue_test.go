@@ -177,7 +177,8 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 	// (firewall's tests cover it there): stand in for it.
 	var legacy atomic.Bool
 	legacyForwardDrop = func() (bool, error) { return legacy.Load(), nil }
-	t.Cleanup(func() { legacyForwardDrop = firewall.LegacyForwardDrop })
+	dropsCheckEvery = 0 // at every resync, so the test need not wait a minute
+	t.Cleanup(func() { legacyForwardDrop, dropsCheckEvery = firewall.LegacyForwardDrop, time.Minute })
 	h := newHealth()
 	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn, h.setFirewall); err != nil {
 		t.Fatalf("startFirewallOn: %v", err)
