@@ -349,6 +349,7 @@ func (d *node) run(ctx context.Context) error {
 	})
 	// SIGHUP re-applies everything at once, as the timer does slowly.
 	spawn("route check", func(ctx context.Context) error {
+		var underlay underlayWatch
 		for {
 			reload := false
 			select {
@@ -365,6 +366,9 @@ func (d *node) run(ctx context.Context) error {
 			}
 			for _, c := range changes {
 				d.log.Info("repaired kernel state", "change", c)
+			}
+			if err := underlay.check(d.nl, d.iface, d.log); err != nil {
+				return err // the spawn wrapper stops the daemon with it
 			}
 			if reload {
 				d.reloadPeers(ctx, lease.Subnet)
@@ -392,6 +396,51 @@ func (d *node) run(ctx context.Context) error {
 		return nil
 	}
 	return cause
+}
+
+// underlayWatch notices the underlay address leaving the node. The UDP
+// socket is bound to it and the lease publishes it (unless -public-ip), so
+// without it the node is cut off while looking healthy. Gone at one check,
+// it is logged; still gone at the next (routeResync later), weft exits so
+// that systemd restarts it on the address the interface has now. One check
+// of grace rides out an address that is briefly removed and re-added.
+type underlayWatch struct{ missing bool }
+
+func (w *underlayWatch) check(nl *netlink.Handle, iface route.Iface, log *slog.Logger) error {
+	addrs, err := nl.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		log.Debug("list addresses to check the underlay's", "err", err)
+		return nil
+	}
+	var now []string // what the chosen interface has instead
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP.To4())
+		if !ok {
+			continue
+		}
+		if ip == iface.Addr {
+			if w.missing {
+				log.Info("underlay address is back", "addr", iface.Addr)
+			}
+			w.missing = false
+			return nil
+		}
+		if link, err := nl.LinkByIndex(a.LinkIndex); err == nil && link.Attrs().Name == iface.Name {
+			now = append(now, ip.String())
+		}
+	}
+	has := "none"
+	if len(now) > 0 {
+		has = strings.Join(now, ", ")
+	}
+	if !w.missing {
+		w.missing = true
+		log.Warn("underlay address is gone from the node: the UDP socket is bound to it and peers send to it; "+
+			"exiting at the next check unless it returns", "addr", iface.Addr, "iface", iface.Name, "iface-now-has", has)
+		return nil
+	}
+	return fmt.Errorf("underlay address %s is gone from the node (%s now has %s): weft's socket is bound to it and "+
+		"its lease publishes it; exiting so that the restart uses the address the interface has now", iface.Addr, iface.Name, has)
 }
 
 // stoppedEarly turns the error of a start-up step that a stop signal

@@ -23,14 +23,14 @@ import (
 
 var fwNSCounter atomic.Int64
 
-// fwTestConn returns an nftables conn into a fresh network namespace that
-// is deleted when the test ends.
-func fwTestConn(t *testing.T) *nftables.Conn {
+// testNetns returns a fresh network namespace that is deleted when the
+// test ends. The test goroutine never enters it.
+func testNetns(t *testing.T) netns.NsHandle {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root (CAP_NET_ADMIN) to create a network namespace and nftables tables; run go test as root")
+		t.Skip("skipping: needs root (CAP_NET_ADMIN) to create a network namespace; run go test as root")
 	}
-	name := fmt.Sprintf("weft-fwglue-%d-%d", os.Getpid(), fwNSCounter.Add(1))
+	name := fmt.Sprintf("weft-main-%d-%d", os.Getpid(), fwNSCounter.Add(1))
 	type result struct {
 		ns  netns.NsHandle
 		err error
@@ -51,7 +51,13 @@ func fwTestConn(t *testing.T) *nftables.Conn {
 			t.Errorf("delete netns %s: %v", name, err)
 		}
 	})
-	conn, err := nftables.New(nftables.WithNetNSFd(int(r.ns)))
+	return r.ns
+}
+
+// fwTestConn returns an nftables conn into a fresh network namespace.
+func fwTestConn(t *testing.T) *nftables.Conn {
+	t.Helper()
+	conn, err := nftables.New(nftables.WithNetNSFd(int(testNetns(t))))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -673,3 +673,37 @@ func TestE2ESystemdNotify(t *testing.T) {
 		t.Error("READY=1 sent but /readyz is not 200")
 	}
 }
+
+// The underlay address leaves the node (renumbered): weft warns at one
+// route check and exits 1 at the next, naming the address the interface
+// has now, so that systemd restarts it on that one.
+func TestE2EUnderlayAddressGone(t *testing.T) {
+	l := newE2ELab(t, Options{Nodes: 1})
+	if err := l.StartWeft(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.WaitReady(0, readyTimeout); err != nil {
+		t.Fatal(err)
+	}
+	old := l.Node(0).Addr
+	b := old.As4()
+	b[3] += 100
+	renumbered := netip.AddrFrom4(b)
+	for _, args := range [][]string{
+		{"addr", "del", old.String() + "/24", "dev", "eth0"},
+		{"addr", "add", renumbered.String() + "/24", "dev", "eth0"},
+	} {
+		if out, err := l.Command(t.Context(), 0, "ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	code, err := l.WaitExit(0, 35*time.Second)
+	if err != nil {
+		t.Fatalf("weft still running 35 s after its underlay address went: %v\n%s", err, l.Log(0))
+	}
+	log := l.Log(0)
+	if code != 1 || !strings.Contains(log, "underlay address is gone from the node") ||
+		!strings.Contains(log, "underlay address "+old.String()+" is gone from the node (eth0 now has "+renumbered.String()+")") {
+		t.Errorf("exit %d; log:\n%s", code, log)
+	}
+}
