@@ -407,10 +407,16 @@ func (d *node) run(ctx context.Context) error {
 type underlayWatch struct{ missing bool }
 
 func (w *underlayWatch) check(nl *netlink.Handle, iface route.Iface, log *slog.Logger) error {
+	// All the node's addresses in one dump (kube-proxy's IPVS mode puts
+	// thousands on kube-ipvs0): the address may have moved to another link.
 	addrs, err := nl.AddrList(nil, netlink.FAMILY_V4)
 	if err != nil {
 		log.Debug("list addresses to check the underlay's", "err", err)
 		return nil
+	}
+	index := -1
+	if link, err := nl.LinkByName(iface.Name); err == nil {
+		index = link.Attrs().Index
 	}
 	var now []string // what the chosen interface has instead
 	for _, a := range addrs {
@@ -425,7 +431,7 @@ func (w *underlayWatch) check(nl *netlink.Handle, iface route.Iface, log *slog.L
 			w.missing = false
 			return nil
 		}
-		if link, err := nl.LinkByIndex(a.LinkIndex); err == nil && link.Attrs().Name == iface.Name {
+		if a.LinkIndex == index {
 			now = append(now, ip.String())
 		}
 	}
