@@ -118,13 +118,15 @@ func Apply(conn *nftables.Conn, r Rules) (changed bool, err error) {
 }
 
 // ForwardDrops lists the base chains outside weft's table that drop
-// forwarded IPv4 packets by default: hook forward, policy drop, in an ip or
-// inet table. Overlay traffic forwarded through this node dies in each of
-// them unless a rule there accepts it, whatever weft's own chain says. The
-// common case is a Docker host, where iptables-nft keeps Docker's FORWARD
-// policy in "table ip filter". Chains are named as nft names them ("table ip
-// filter chain FORWARD"). iptables-legacy chains are not nftables and do not
-// show here.
+// forwarded IPv4 packets by default: hook forward in an ip or inet table,
+// with policy drop, or whose last rule drops or rejects whatever reaches it
+// (firewalld's filter_FORWARD ends so). Overlay traffic forwarded through
+// this node dies in each of them unless a rule there accepts it, whatever
+// weft's own chain says. The common cases are a Docker host, where
+// iptables-nft keeps Docker's FORWARD policy in "table ip filter", and
+// firewalld. Chains are named as nft names them ("table ip filter chain
+// FORWARD"). iptables-legacy chains are not nftables and do not show here
+// (see LegacyForwardDrop).
 func ForwardDrops(conn *nftables.Conn) ([]string, error) {
 	chains, err := conn.ListChains()
 	if err != nil {
@@ -132,15 +134,14 @@ func ForwardDrops(conn *nftables.Conn) ([]string, error) {
 	}
 	var out []string
 	for _, c := range chains {
-		if c.Table == nil || c.Hooknum == nil || c.Policy == nil ||
-			*c.Hooknum != *nftables.ChainHookForward || *c.Policy != nftables.ChainPolicyDrop {
+		if c.Table == nil || c.Hooknum == nil || *c.Hooknum != *nftables.ChainHookForward {
 			continue
 		}
 		var family string
 		switch c.Table.Family {
 		case nftables.TableFamilyIPv4:
 			if c.Table.Name == TableName {
-				continue // ours has policy accept; a drop there is an edit Apply repairs
+				continue // ours accepts; an edit there is repaired by Apply
 			}
 			family = "ip"
 		case nftables.TableFamilyINet:
@@ -148,9 +149,38 @@ func ForwardDrops(conn *nftables.Conn) ([]string, error) {
 		default:
 			continue // bridge and ip6 chains do not see forwarded IPv4
 		}
-		out = append(out, fmt.Sprintf("table %s %s chain %s", family, c.Table.Name, c.Name))
+		name := fmt.Sprintf("table %s %s chain %s", family, c.Table.Name, c.Name)
+		if c.Policy != nil && *c.Policy == nftables.ChainPolicyDrop {
+			out = append(out, name)
+			continue
+		}
+		// Only base chains on the forward hook are read, a handful.
+		rules, err := conn.GetRules(c.Table, c)
+		if err != nil {
+			return nil, explain(fmt.Errorf("read the rules of %s: %w", name, err))
+		}
+		if len(rules) > 0 && dropsAll(rules[len(rules)-1]) {
+			out = append(out, name+" (its last rule drops all)")
+		}
 	}
 	return out, nil
+}
+
+// dropsAll reports whether r drops or rejects every packet reaching it: no
+// match before the verdict, only counting and logging.
+func dropsAll(r *nftables.Rule) bool {
+	for _, e := range r.Exprs {
+		switch e := e.(type) {
+		case *expr.Counter, *expr.Log:
+		case *expr.Reject:
+			return true
+		case *expr.Verdict:
+			return e.Kind == expr.VerdictDrop
+		default:
+			return false // a match, a limit, a jump: not every packet
+		}
+	}
+	return false
 }
 
 // Remove deletes weft's table and everything in it. An absent table is not

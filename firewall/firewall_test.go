@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
 )
 
 // assertKernel reads weft's table back from the kernel and compares it with
@@ -339,6 +340,28 @@ func TestForwardDrops(t *testing.T) {
 	}
 	assertDrops(t, n, "table inet host chain fwd", "table ip filter chain FORWARD")
 
+	// Policy accept, but the last rule drops or rejects everything
+	// (firewalld's filter_FORWARD ends in "reject with icmpx
+	// admin-prohibited"); a last rule that matches first does not count.
+	fwd := func(table string, last ...expr.Any) {
+		tbl := n.nft.AddTable(&nftables.Table{Name: table, Family: nftables.TableFamilyINet})
+		c := n.nft.AddChain(&nftables.Chain{Name: "filter_FORWARD", Table: tbl, Type: nftables.ChainTypeFilter,
+			Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept})
+		n.nft.AddRule(&nftables.Rule{Table: tbl, Chain: c, Exprs: concat(match(srcOff, mustPrefix(t, "198.18.0.0/24"), true),
+			[]expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}})})
+		n.nft.AddRule(&nftables.Rule{Table: tbl, Chain: c, Exprs: last})
+	}
+	fwd("firewalld", &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_ADMIN_PROHIBITED})
+	fwd("counted", &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})
+	fwd("matched", concat(match(dstOff, mustPrefix(t, "198.18.1.0/24"), true), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}})...)
+	fwd("accepting", &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictAccept})
+	if err := n.nft.Flush(); err != nil {
+		t.Fatalf("add the chains ending in a verdict: %v", err)
+	}
+	assertDrops(t, n, "table inet counted chain filter_FORWARD (its last rule drops all)",
+		"table inet firewalld chain filter_FORWARD (its last rule drops all)",
+		"table inet host chain fwd", "table ip filter chain FORWARD")
+
 	// A drop policy written into weft's own chain is not reported: Apply
 	// puts the chain back.
 	c := &nftables.Chain{Name: ForwardChain, Table: table, Type: nftables.ChainTypeFilter,
@@ -347,7 +370,9 @@ func TestForwardDrops(t *testing.T) {
 	if err := n.nft.Flush(); err != nil {
 		t.Fatalf("set weft's forward policy to drop: %v", err)
 	}
-	assertDrops(t, n, "table inet host chain fwd", "table ip filter chain FORWARD")
+	assertDrops(t, n, "table inet counted chain filter_FORWARD (its last rule drops all)",
+		"table inet firewalld chain filter_FORWARD (its last rule drops all)",
+		"table inet host chain fwd", "table ip filter chain FORWARD")
 	mustApply(t, n, testRules(), true)
 }
 
