@@ -60,11 +60,7 @@ type options struct {
 	offloads     string
 	useOffload   map[string]bool // parsed from offload and offloads
 
-	// flanneld's flags weft does not implement (see flanneldOnlyFlags),
-	// registered so that a flanneld unit's ExecStart gets an explanation
-	// instead of "unknown flag".
-	flanneldOnly map[string]*string
-	ignoredLog   []string // glog/klog flags given, noted at start
+	ignoredLog []string // flanneld's glog/klog flags given, noted at start
 }
 
 // flanneldOnlyFlags are flanneld's flags for what weft does not do, with
@@ -121,18 +117,18 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.peerMetrics, "peer-metrics", false, "export per-peer traffic counters on /metrics (one series per node: mind the cardinality)")
 	fs.StringVar(&o.sourceCheck, "source-check", "strict", "which datagrams to accept: strict (from the PublicIP of the lease holding the inner source), nat (inner source in any lease, for peers behind NAT), off (any, as flanneld)")
 
-	o.flanneldOnly = map[string]*string{}
-	hidden := func(name string, isBool bool) *string {
-		v := new(string)
-		fs.StringVar(v, name, "", "flanneld's; see flanneldOnlyFlags")
+	// flanneld's flags weft does not implement, hidden: registered so that a
+	// flanneld unit's ExecStart gets an explanation (checkFlanneldOnly)
+	// instead of "unknown flag".
+	hidden := func(name string, isBool bool) {
+		fs.String(name, "", "flanneld's; see flanneldOnlyFlags")
 		if isBool {
 			fs.Lookup(name).NoOptDefVal = "true"
 		}
 		fs.Lookup(name).Hidden = true
-		return v
 	}
 	for _, f := range flanneldOnlyFlags {
-		o.flanneldOnly[f.name] = hidden(f.name, flanneldBoolFlags[f.name])
+		hidden(f.name, flanneldBoolFlags[f.name])
 	}
 	for _, name := range glogFlags {
 		hidden(name, name == "logtostderr" || name == "alsologtostderr")
@@ -147,7 +143,7 @@ func (o *options) checkFlanneldOnly(fs *pflag.FlagSet) error {
 		if !fl.Changed {
 			continue
 		}
-		v := *o.flanneldOnly[f.name]
+		v := fl.Value.String()
 		if flanneldBoolFlags[f.name] && !isTrue(v) {
 			continue // -kube-subnet-mgr=false is what weft does anyway
 		}
