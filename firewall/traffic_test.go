@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -208,4 +210,84 @@ func TestMasqueradeTraffic(t *testing.T) {
 		t.Fatalf("Apply: %v", err)
 	}
 	expect("masquerade off: pod → outside", pod, netip.Addr{}, 0, outside, outsideIP, podAddr)
+}
+
+// TestForwardDropTraffic backs the warning weft gives (see ForwardDrops):
+// with weft's forward accepts in place, a drop policy in another table's
+// forward chain still cuts pod traffic through the node, for Docker's
+// FORWARD chain in iptables-nft and in iptables-legacy alike, and the fix
+// the warning names (accepts for the network in that chain) restores it.
+func TestForwardDropTraffic(t *testing.T) {
+	skipUnlessRoot(t)
+	for _, bin := range []string{"iptables-nft", "iptables-legacy"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("skipping: needs %s (Debian: apt-get install iptables)", bin)
+		}
+	}
+	for _, bin := range []string{"iptables-nft", "iptables-legacy"} {
+		t.Run(bin, func(t *testing.T) {
+			pod, node, outside := topology(t)
+			if _, err := Apply(node.nft, Rules{Network: netip.MustParsePrefix("198.19.0.0/16"), Forward: true}); err != nil {
+				t.Fatalf("Apply: %v", err)
+			}
+			iptables := func(args ...string) {
+				t.Helper()
+				out, err := exec.Command("ip", append([]string{"netns", "exec", node.name, bin}, args...)...).CombinedOutput()
+				if err != nil {
+					t.Fatalf("%s %v: %v\n%s", bin, args, err, out)
+				}
+			}
+			if !reachable(t, pod, outside, remotePod) {
+				t.Fatal("pod → remote pod fails with only weft's rules")
+			}
+			iptables("-P", "FORWARD", "DROP") // what Docker does
+			if reachable(t, pod, outside, remotePod) {
+				t.Fatalf("pod → remote pod passes a FORWARD drop policy of %s: weft's warning would be wrong", bin)
+			}
+			// ... and weft sees the chain that cut it.
+			drops, err := ForwardDrops(node.nft)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var legacy bool
+			if err := node.do(func() (err error) { legacy, err = LegacyForwardDrop(); return err }); err != nil {
+				t.Fatal(err)
+			}
+			if nft := slices.Contains(drops, "table ip filter chain FORWARD"); nft != (bin == "iptables-nft") || legacy != (bin == "iptables-legacy") {
+				t.Errorf("after %s -P FORWARD DROP: ForwardDrops %q, LegacyForwardDrop %v", bin, drops, legacy)
+			}
+			iptables("-I", "FORWARD", "-s", "198.19.0.0/16", "-j", "ACCEPT") // the warning's fix
+			iptables("-I", "FORWARD", "-d", "198.19.0.0/16", "-j", "ACCEPT")
+			if !reachable(t, pod, outside, remotePod) {
+				t.Fatal("pod → remote pod still fails after the fix the warning names")
+			}
+		})
+	}
+}
+
+// reachable reports whether a TCP connection from ns from reaches a
+// listener on dst in ns to within a second.
+func reachable(t *testing.T, from, to *testNS, dst netip.Addr) bool {
+	t.Helper()
+	var ln *net.TCPListener
+	if err := to.do(func() (err error) {
+		ln, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: dst.AsSlice()})
+		return err
+	}); err != nil {
+		t.Fatalf("listen on %s in %s: %v", dst, to.name, err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			c.Close()
+		}
+	}()
+	err := from.do(func() error {
+		c, err := net.DialTimeout("tcp4", ln.Addr().String(), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	return err == nil
 }
