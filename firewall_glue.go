@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -70,9 +71,8 @@ type firewallKeeper struct {
 	rules    firewall.Rules
 	interval time.Duration
 	log      *slog.Logger
-	lastErr  string // logged once per change
-	drops    string // other tables' forward chains with policy drop, logged once per change
-	dropList []string
+	lastErr  string    // logged once per change
+	drops    []string  // forward chains elsewhere that drop by default, as last seen
 	checked  time.Time // when drops were last looked for
 	report   func(StatusFirewall)
 }
@@ -132,9 +132,10 @@ func (k *firewallKeeper) apply(first bool) error {
 	}
 	k.lastErr = ""
 	if r.Forward && (first || time.Since(k.checked) >= dropsCheckEvery) {
-		k.dropList, k.checked = k.checkDrops(), time.Now()
+		k.checkDrops()
+		k.checked = time.Now()
 	}
-	k.publish(true, "", k.dropList)
+	k.publish(true, "", k.drops)
 	return nil
 }
 
@@ -154,30 +155,28 @@ var legacyForwardDrop = firewall.LegacyForwardDrop
 // through this node would vanish there without a word. flanneld's iptables
 // rules sit in that very chain on such hosts; weft names the fix instead
 // of writing into a table it does not own.
-func (k *firewallKeeper) checkDrops() []string {
+func (k *firewallKeeper) checkDrops() {
 	drops, err := firewall.ForwardDrops(k.conn)
 	if err != nil {
 		k.log.Debug("look for other nftables forward chains with policy drop", "err", err)
-		return nil
+		return // keep what was seen last
 	}
 	if legacy, err := legacyForwardDrop(); err != nil {
 		k.log.Debug("look for a FORWARD drop policy of iptables-legacy", "err", err)
 	} else if legacy {
 		drops = append(drops, firewall.LegacyForwardChain)
 	}
-	now := strings.Join(drops, ", ")
-	if now == k.drops {
-		return drops
+	if slices.Equal(drops, k.drops) {
+		return
 	}
-	k.drops = now
-	if now == "" {
+	k.drops = drops
+	if len(drops) == 0 {
 		k.log.Info("no other forward chain drops by default any more")
-		return nil
+		return
 	}
 	network := k.rules.Network.String()
 	k.log.Warn("another forward chain drops by default: overlay traffic forwarded through this node "+
 		"is dropped there unless a rule in it accepts the network (weft's accepts end only its own chain)",
-		"chains", now, "network", network,
+		"chains", strings.Join(drops, ", "), "network", network,
 		"fix", fmt.Sprintf("iptables -I FORWARD -s %s -j ACCEPT && iptables -I FORWARD -d %s -j ACCEPT, or the same in nft", network, network))
-	return drops
 }
