@@ -54,6 +54,7 @@ check:
 	  if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags wgtun . ./tunnel  # the wireguard-go TUN build for bench/README.md's comparison
+	cd bench/experiments/tcfast && $(GO) vet ./... && $(GO) test ./...  # its own module: issue #4's eBPF measurement
 
 # Unit, etcd and (as root) namespace end-to-end tests, with the race detector.
 unit:

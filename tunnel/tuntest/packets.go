@@ -7,7 +7,7 @@ import (
 	"net/netip"
 )
 
-// Ports used by IPv4UDP.
+// Ports used by IPv4UDP and IPv4TCP.
 const (
 	UDPSrcPort = 40000
 	UDPDstPort = 9 // discard
@@ -16,6 +16,7 @@ const (
 // IPv4 protocol numbers used by the builders.
 const (
 	ProtoICMP = 1
+	ProtoTCP  = 6
 	ProtoUDP  = 17
 )
 
@@ -51,6 +52,21 @@ func IPv4UDP(src, dst netip.Addr, payload []byte) []byte {
 	}
 	binary.BigEndian.PutUint16(udp[6:8], sum)
 	return IPv4(src, dst, ProtoUDP, udp)
+}
+
+// IPv4TCP returns an IPv4 TCP segment (ACK|PSH, 20-byte header) from
+// src:UDPSrcPort to dst:UDPDstPort with valid IP and TCP checksums.
+func IPv4TCP(src, dst netip.Addr, seq uint32, payload []byte) []byte {
+	tcp := make([]byte, 20+len(payload))
+	binary.BigEndian.PutUint16(tcp[0:2], UDPSrcPort)
+	binary.BigEndian.PutUint16(tcp[2:4], UDPDstPort)
+	binary.BigEndian.PutUint32(tcp[4:8], seq)
+	tcp[12] = 5 << 4
+	tcp[13] = 0x18 // ACK|PSH
+	binary.BigEndian.PutUint16(tcp[14:16], 0xffff)
+	copy(tcp[20:], payload)
+	binary.BigEndian.PutUint16(tcp[16:18], Checksum(tcp, pseudoHeaderSum(src, dst, ProtoTCP, len(tcp))))
+	return IPv4(src, dst, ProtoTCP, tcp)
 }
 
 // IPv4ICMPEcho returns an ICMP echo request from src to dst with valid
@@ -90,7 +106,7 @@ func pseudoHeaderSum(src, dst netip.Addr, proto byte, length int) uint32 {
 }
 
 // VerifyIPv4 checks that pkt is one IPv4 packet whose header checksum and,
-// for UDP and ICMP, payload checksum are valid: what a receiving kernel
+// for TCP, UDP and ICMP, payload checksum are valid: what a receiving kernel
 // checks.
 func VerifyIPv4(pkt []byte) error {
 	if len(pkt) < 20 || pkt[0]>>4 != 4 {
@@ -108,6 +124,13 @@ func VerifyIPv4(pkt []byte) error {
 	dst := netip.AddrFrom4([4]byte(pkt[16:20]))
 	body := pkt[hlen:]
 	switch pkt[9] {
+	case ProtoTCP:
+		if len(body) < 20 || int(body[12]>>4)*4 < 20 || int(body[12]>>4)*4 > len(body) {
+			return errors.New("bad TCP header length")
+		}
+		if Checksum(body, pseudoHeaderSum(src, dst, ProtoTCP, len(body))) != 0 {
+			return errors.New("bad TCP checksum")
+		}
 	case ProtoUDP:
 		if len(body) < 8 || int(binary.BigEndian.Uint16(body[4:6])) != len(body) {
 			return errors.New("bad UDP length")

@@ -57,6 +57,18 @@ func TestBuilders(t *testing.T) {
 	if tuntest.VerifyIPv4(bad) == nil {
 		t.Error("corrupt ICMP payload went unnoticed")
 	}
+
+	tcp := tuntest.IPv4TCP(src, dst, 7, []byte("odd length"))
+	if err := tuntest.VerifyIPv4(tcp); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{24, 32, len(tcp) - 1} { // sequence, data offset, payload
+		bad := bytes.Clone(tcp)
+		bad[i] ^= 0x10
+		if tuntest.VerifyIPv4(bad) == nil {
+			t.Errorf("flipping TCP byte %d went unnoticed", i)
+		}
+	}
 }
 
 func TestDevice(t *testing.T) {
