@@ -28,7 +28,9 @@ func TestConfigPutGet(t *testing.T) {
 	}
 
 	bad := filepath.Join(dir, "bad.json")
-	os.WriteFile(bad, []byte(`{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}`), 0o644)
+	if err := os.WriteFile(bad, []byte(`{"Network":"198.19.0.0/16","Backend":{"Type":"vxlan"}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := run("config", "put", "-f", bad); err == nil || !strings.Contains(err.Error(), "vxlan") {
 		t.Fatalf("put of a vxlan config: %v; want an error naming the backend type", err)
 	}
@@ -38,7 +40,9 @@ func TestConfigPutGet(t *testing.T) {
 
 	good := filepath.Join(dir, "good.json")
 	const cfg = `{"Network":"198.19.0.0/16","SubnetLen":24,"Backend":{"Type":"udp","Port":8285}}`
-	os.WriteFile(good, []byte(cfg+"\n"), 0o644)
+	if err := os.WriteFile(good, []byte(cfg+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out, err := run("config", "put", "-f", good)
 	if err != nil || !strings.Contains(out, "198.19.0.0/16") {
 		t.Fatalf("put: %q, %v", out, err)

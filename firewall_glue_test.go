@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -177,7 +178,12 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 	o := &options{iptablesForwardRules: true, iptablesResync: 1}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("firewall keeper after cancel: %v", err)
+		}
+	}()
 	spawn := func(_ string, fn func(context.Context) error) { go func() { done <- fn(ctx) }() }
 	// The real reader works on the calling thread's namespace, not conn's
 	// (firewall's tests cover it there): stand in for it.

@@ -46,7 +46,9 @@ func TestReadSubnetEnvMissingAndBad(t *testing.T) {
 		t.Errorf("missing file: %v, %v; want zero prefix and no error", p, err)
 	}
 	bad := filepath.Join(dir, "bad")
-	os.WriteFile(bad, []byte("FLANNEL_SUBNET=nonsense\n"), 0o644)
+	if err := os.WriteFile(bad, []byte("FLANNEL_SUBNET=nonsense\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := readSubnetEnv(bad); err == nil {
 		t.Error("bad FLANNEL_SUBNET accepted")
 	}

@@ -645,12 +645,12 @@ func (s *Store) probeTLS() error {
 			continue // unreachable, not a TLS problem
 		}
 		conn := tls.Client(raw, cfg)
-		conn.SetDeadline(time.Now().Add(probeTimeout))
+		_ = conn.SetDeadline(time.Now().Add(probeTimeout)) // on a fresh connection it cannot fail
 		err = conn.Handshake()
 		if err == nil {
 			// With TLS 1.3 the server judges our certificate after the
 			// handshake: its verdict arrives as an alert on the first read.
-			conn.SetReadDeadline(time.Now().Add(probeTimeout / 4))
+			_ = conn.SetReadDeadline(time.Now().Add(probeTimeout / 4))
 			_, err = conn.Read(make([]byte, 1))
 			var ne net.Error
 			if err == nil || errors.As(err, &ne) && ne.Timeout() {
@@ -659,7 +659,7 @@ func (s *Store) probeTLS() error {
 		}
 		conn.Close()
 		if err != nil {
-			return fmt.Errorf("etcd at %s: TLS failure: %v", ep, err)
+			return fmt.Errorf("etcd at %s: TLS failure: %w", ep, err)
 		}
 	}
 	return nil

@@ -124,6 +124,15 @@ func FuzzLegacyPolicy(f *testing.F) {
 	f.Add(info, table)
 	f.Add(info[:10], table[:10])
 	f.Fuzz(func(t *testing.T, info, table []byte) {
-		legacyPolicy(info, table, hookForward) // must not panic
+		v, err := legacyPolicy(info, table, hookForward)
+		if err != nil {
+			return
+		}
+		// Every offset is relative to the start: bytes after the table
+		// cannot change what was read from inside it.
+		longer := append(append([]byte(nil), table...), make([]byte, 64)...)
+		if v2, err := legacyPolicy(info, longer, hookForward); err != nil || v2 != v {
+			t.Fatalf("verdict %d, then %d, %v with 64 bytes appended", v, v2, err)
+		}
 	})
 }

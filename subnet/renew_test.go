@@ -36,7 +36,10 @@ func startKeepAlive(t *testing.T, s subnet.Store, clk subnet.Clock, l subnet.Lea
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-k.done:
+		case err := <-k.done:
+			if err != nil {
+				t.Errorf("KeepAlive after cancel: %v; want nil, a clean stop", err)
+			}
 		case <-time.After(10 * time.Second):
 			t.Error("KeepAlive did not return after cancel")
 		}

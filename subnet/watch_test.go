@@ -404,5 +404,7 @@ func TestWatchRetryCutsBackoff(t *testing.T) {
 		t.Errorf("events %q", got)
 	}
 	cancel()
-	recv(t, done, "Watch to return")
+	if err := recv(t, done, "Watch to return"); err != nil {
+		t.Errorf("Watch after cancel: %v; want nil, a clean stop", err)
+	}
 }

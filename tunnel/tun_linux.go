@@ -569,10 +569,10 @@ func (t *tun) writeIov(iov []unix.Iovec) error {
 		if err == nil {
 			return nil
 		}
-		if err == unix.EINTR {
+		if errors.Is(err, unix.EINTR) {
 			continue
 		}
-		if err == unix.EAGAIN {
+		if errors.Is(err, unix.EAGAIN) {
 			if err := t.wait(unix.POLLOUT); err != nil {
 				return err
 			}

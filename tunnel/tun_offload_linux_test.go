@@ -743,7 +743,7 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
 	}
 	defer unix.Close(client)
 	// A stuck stream fails the test instead of hanging it.
-	timer := time.AfterFunc(30*time.Second, func() { unix.Shutdown(client, unix.SHUT_RDWR); unix.Shutdown(ln, unix.SHUT_RDWR) })
+	timer := time.AfterFunc(30*time.Second, func() { _ = unix.Shutdown(client, unix.SHUT_RDWR); _ = unix.Shutdown(ln, unix.SHUT_RDWR) })
 	defer timer.Stop()
 
 	data := pattern(64 << 20)

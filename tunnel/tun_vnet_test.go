@@ -479,7 +479,7 @@ func BenchmarkVnetRead(b *testing.B) {
 			}
 			close(stop)
 			d.Close()
-			unix.Shutdown(d.peer, unix.SHUT_RDWR)
+			_ = unix.Shutdown(d.peer, unix.SHUT_RDWR)
 			wg.Wait()
 		})
 	}

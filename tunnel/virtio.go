@@ -13,8 +13,9 @@ const (
 	// csumStart+csumOffset holds the pseudo-header sum; the rest of the sum
 	// over the bytes from csumStart is still to be added.
 	virtioNeedsCsum = 1
-	// virtioDataValid: the kernel has validated the checksums.
-	virtioDataValid = 2
+	// (2, VIRTIO_NET_HDR_F_DATA_VALID, is never written: the kernel checks
+	// a packet written alone, and weft checks the segments it merges; see
+	// parseSegment.)
 )
 
 // virtio_net_hdr gso types.

@@ -644,7 +644,9 @@ func TestE2ESystemdNotify(t *testing.T) {
 	if err := l.StartWeftWith(0, l.WeftArgs(0), []string{"NOTIFY_SOCKET=" + sock}); err != nil {
 		t.Fatal(err)
 	}
-	conn.SetReadDeadline(time.Now().Add(readyTimeout))
+	if err := conn.SetReadDeadline(time.Now().Add(readyTimeout)); err != nil {
+		t.Fatal(err)
+	}
 	buf := make([]byte, 4096)
 	var env map[string]string
 	var envErr error

@@ -20,7 +20,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -172,7 +171,7 @@ func New(opts Options) (_ *Lab, err error) {
 		opts.StopTimeout = 10 * time.Second
 	}
 	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.WeftBin != "" {
 		abs, err := filepath.Abs(opts.WeftBin)
@@ -514,10 +513,10 @@ func (l *Lab) Close() error {
 }
 
 func (l *Lab) close() error {
-	l.closed.Store(true)
 	var errs []error
 
 	l.procMu.Lock() // orders against a Spawn that checked closed
+	l.closed.Store(true)
 	l.procMu.Unlock()
 	l.stopProcs()
 	var wg sync.WaitGroup

@@ -451,7 +451,8 @@ func TestCleanupStale(t *testing.T) {
 		t.Errorf("removed the live lab's %v", removed)
 	}
 	select {
-	case <-waitDone:
+	case err := <-waitDone:
+		t.Logf("process in the stale namespace ended: %v", err)
 	case <-time.After(5 * time.Second):
 		t.Error("process in the stale namespace survived")
 	}

@@ -634,7 +634,7 @@ func (l *Lab) churn(ctx context.Context, i int, newLease bool, down time.Duratio
 	} else {
 		code, err := l.StopWeft(i)
 		if err != nil || code != 0 {
-			return fmt.Errorf("churn %s: SIGTERM: exit %d, %v; want 0", n.Name, code, err)
+			return fmt.Errorf("churn %s: SIGTERM: exit %d, %w; want 0", n.Name, code, err)
 		}
 		event("%s: stopped (SIGTERM, exit 0)", n.Name)
 	}

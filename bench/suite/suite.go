@@ -653,7 +653,7 @@ func (r *runner) iperf(ctx context.Context, p *pathRun, s *Sample, extra ...stri
 	out, runErr := cmd.Output()
 	ip, err := ParseIperf3(out)
 	if err != nil {
-		return fmt.Errorf("iperf3 %s: %w (%v; %s; server: %s)", strings.Join(args, " "), err, runErr,
+		return fmt.Errorf("iperf3 %s: %w (%w; %s; server: %s)", strings.Join(args, " "), err, runErr,
 			strings.TrimSpace(stderr.String()), tail(srv.Output(), 3))
 	}
 	s.Gbps = ip.ReceivedBPS / 1e9
@@ -705,7 +705,7 @@ func (r *runner) ping(ctx context.Context, p *pathRun, s *Sample) error {
 		"-I", p.Src.String(), p.Dst.String()).CombinedOutput()
 	sum, err := lab.ParsePing(string(out))
 	if err != nil {
-		return fmt.Errorf("ping %s: %w (%v): %s", p.Dst, err, runErr, tail(string(out), 3))
+		return fmt.Errorf("ping %s: %w (%w): %s", p.Dst, err, runErr, tail(string(out), 3))
 	}
 	rtts := ParsePingRTTs(string(out))
 	s.PingSent, s.PingRecv = sum.Sent, len(rtts)
