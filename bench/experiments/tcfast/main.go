@@ -22,11 +22,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
+	"github.com/weft-net/weft/tunnel"
 	"golang.org/x/sys/unix"
 )
 
@@ -107,13 +107,14 @@ func main() {
 
 func run(c config) error {
 	if c.createTUN {
-		// Held open so the device has carrier; its queue is never read, since
-		// every packet routed to it is redirected at TC egress.
-		fd, err := openTUN(c.dev)
+		// weft's own TUN, held open so the device has carrier; its queue is
+		// never read, since every packet routed to it is redirected at TC
+		// egress.
+		tun, err := tunnel.OpenTUN(c.dev, 1472)
 		if err != nil {
 			return err
 		}
-		defer unix.Close(fd)
+		defer tun.Close()
 	}
 	dev, err := net.InterfaceByName(c.dev)
 	if err != nil {
@@ -176,21 +177,6 @@ func run(c config) error {
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	<-sig
 	return nil
-}
-
-func openTUN(name string) (int, error) {
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, fmt.Errorf("open /dev/net/tun: %w", err)
-	}
-	var ifr [unix.IFNAMSIZ + 24]byte
-	copy(ifr[:unix.IFNAMSIZ-1], name)
-	binary.NativeEndian.PutUint16(ifr[unix.IFNAMSIZ:], unix.IFF_TUN|unix.IFF_NO_PI)
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.TUNSETIFF, uintptr(unsafe.Pointer(&ifr[0]))); e != 0 {
-		unix.Close(fd)
-		return -1, fmt.Errorf("create TUN %s: %w", name, e)
-	}
-	return fd, nil
 }
 
 func newLPM(name string) (*ebpf.Map, error) {
