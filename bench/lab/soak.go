@@ -633,8 +633,11 @@ func (l *Lab) churn(ctx context.Context, i int, newLease bool, down time.Duratio
 		event("%s: lease %v deleted, daemon exited %d", n.Name, pod, code)
 	} else {
 		code, err := l.StopWeft(i)
-		if err != nil || code != 0 {
-			return fmt.Errorf("churn %s: SIGTERM: exit %d, %w; want 0", n.Name, code, err)
+		if err != nil {
+			return fmt.Errorf("churn %s: SIGTERM: %w", n.Name, err)
+		}
+		if code != 0 {
+			return fmt.Errorf("churn %s: SIGTERM: exit %d; want 0", n.Name, code)
 		}
 		event("%s: stopped (SIGTERM, exit 0)", n.Name)
 	}

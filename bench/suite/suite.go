@@ -653,7 +653,7 @@ func (r *runner) iperf(ctx context.Context, p *pathRun, s *Sample, extra ...stri
 	out, runErr := cmd.Output()
 	ip, err := ParseIperf3(out)
 	if err != nil {
-		return fmt.Errorf("iperf3 %s: %w (%w; %s; server: %s)", strings.Join(args, " "), err, runErr,
+		return fmt.Errorf("iperf3 %s: %w (%s; %s; server: %s)", strings.Join(args, " "), err, ended(runErr),
 			strings.TrimSpace(stderr.String()), tail(srv.Output(), 3))
 	}
 	s.Gbps = ip.ReceivedBPS / 1e9
@@ -705,7 +705,7 @@ func (r *runner) ping(ctx context.Context, p *pathRun, s *Sample) error {
 		"-I", p.Src.String(), p.Dst.String()).CombinedOutput()
 	sum, err := lab.ParsePing(string(out))
 	if err != nil {
-		return fmt.Errorf("ping %s: %w (%w): %s", p.Dst, err, runErr, tail(string(out), 3))
+		return fmt.Errorf("ping %s: %w (%s): %s", p.Dst, err, ended(runErr), tail(string(out), 3))
 	}
 	rtts := ParsePingRTTs(string(out))
 	s.PingSent, s.PingRecv = sum.Sent, len(rtts)
@@ -840,4 +840,13 @@ func tail(s string, lines int) string {
 		parts = parts[len(parts)-lines:]
 	}
 	return strings.Join(parts, "\n")
+}
+
+// ended says how a command ended, for an error about its output: the
+// output is the error, the way it ended only context (and often nil).
+func ended(runErr error) string {
+	if runErr == nil {
+		return "exit 0"
+	}
+	return runErr.Error()
 }
