@@ -18,8 +18,17 @@ func checkPcap(path string, port uint16) (total, good int, firstBad string, err 
 	if err != nil {
 		return 0, 0, "", err
 	}
+	total, good, firstBad, err = checkCapture(b, port)
+	if err != nil {
+		err = fmt.Errorf("%s: %w", path, err)
+	}
+	return total, good, firstBad, err
+}
+
+// checkCapture is checkPcap on the file's bytes.
+func checkCapture(b []byte, port uint16) (total, good int, firstBad string, err error) {
 	if len(b) < 24 || binary.LittleEndian.Uint32(b) != 0xa1b2c3d4 {
-		return 0, 0, "", fmt.Errorf("%s: not a little-endian microsecond pcap file", path)
+		return 0, 0, "", errors.New("not a little-endian microsecond pcap file")
 	}
 	var l2 int
 	switch lt := binary.LittleEndian.Uint32(b[20:]); lt {
@@ -28,7 +37,7 @@ func checkPcap(path string, port uint16) (total, good int, firstBad string, err 
 	case 113:
 		l2 = 16
 	default:
-		return 0, 0, "", fmt.Errorf("%s: link type %d", path, lt)
+		return 0, 0, "", fmt.Errorf("link type %d", lt)
 	}
 	for off := 24; off+16 <= len(b); {
 		n := int(binary.LittleEndian.Uint32(b[off+8:]))
@@ -46,20 +55,13 @@ func checkPcap(path string, port uint16) (total, good int, firstBad string, err 
 			continue
 		}
 		total++
-		if why := innerPacket(ip[ihl+8:]); why != "" {
+		if err := tuntest.VerifyIPv4(ip[ihl+8:]); err != nil {
 			if firstBad == "" {
-				firstBad = fmt.Sprintf("datagram %d: %s", total, why)
+				firstBad = fmt.Sprintf("datagram %d: %v", total, err)
 			}
 			continue
 		}
 		good++
 	}
 	return total, good, firstBad, nil
-}
-
-func innerPacket(p []byte) string {
-	if err := tuntest.VerifyIPv4(p); err != nil {
-		return err.Error()
-	}
-	return ""
 }

@@ -20,7 +20,7 @@ func inner(n int) []byte {
 }
 
 // capture writes a pcap with one Ethernet/IPv4/UDP frame per payload.
-func capture(t *testing.T, port uint16, payloads ...[]byte) string {
+func capture(t testing.TB, port uint16, payloads ...[]byte) string {
 	t.Helper()
 	b := make([]byte, 24)
 	binary.LittleEndian.PutUint32(b, 0xa1b2c3d4)
@@ -76,4 +76,25 @@ func TestCheckPcap(t *testing.T) {
 	if total, _, _, _ := checkPcap(capture(t, 8289, good), 8285); total != 0 {
 		t.Fatalf("a datagram to another port was counted")
 	}
+}
+
+// FuzzCheckCapture: any bytes, no panic, and the counts stay consistent: a
+// first bad datagram is named exactly when not every datagram is good.
+func FuzzCheckCapture(f *testing.F) {
+	for _, pl := range [][][]byte{{inner(1000)}, {inner(10), append(inner(10), 1)}} {
+		b, err := os.ReadFile(capture(f, 8285, pl...))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		total, good, firstBad, err := checkCapture(b, 8285)
+		if err != nil {
+			return
+		}
+		if good < 0 || good > total || (firstBad != "") != (good < total) {
+			t.Fatalf("total %d, good %d, first bad %q", total, good, firstBad)
+		}
+	})
 }
