@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/weft-net/weft/status"
 )
 
 // Set at build time by the Makefile (-ldflags "-X main.version=... -X main.commit=...").
@@ -58,7 +59,6 @@ type options struct {
 	offload      bool
 	splitDirs    bool
 	offloads     string
-	useOffload   map[string]bool // parsed from offload and offloads
 
 	ignoredLog []string // flanneld's glog/klog flags given, noted at start
 }
@@ -109,7 +109,7 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.printVersion, "version", false, "print the version and exit")
 	fs.StringVar(&o.tunName, "tun-name", "udp0", "name of the TUN device")
 	fs.IntVar(&o.mtu, "mtu", 0, "TUN MTU (0: the interface's MTU minus 28)")
-	fs.StringVar(&o.statusSocket, "status-socket", defaultStatusSocket, "unix socket the weft status command asks (empty: none)")
+	fs.StringVar(&o.statusSocket, "status-socket", status.DefaultSocket, "unix socket the weft status command asks (empty: none)")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&o.offload, "offload", true, "use kernel offloads on the data path (UDP GSO/GRO, TUN TSO and checksums) where the kernel has them; false is the plain path")
 	fs.StringVar(&o.offloads, "offloads", "tun,gso,gro", "with -offload, which offloads to use: tun (TSO, checksum offload and coalesced writes on the TUN), gso (UDP segmentation on send), gro (UDP coalescing on receive); leave one out to work around a kernel bug in it")
@@ -195,7 +195,7 @@ or from FLANNELD_<NAME> environment variables (the command line wins).`,
 				return err
 			}
 			if o.printVersion {
-				fmt.Fprintln(stdout, versionString())
+				fmt.Fprintln(stdout, build().String())
 				return nil
 			}
 			return runDaemon(cmd.Context(), o, stderr)
@@ -214,16 +214,12 @@ or from FLANNELD_<NAME> environment variables (the command line wins).`,
 		Short: "print the version, commit and Go version",
 		Args:  cobra.NoArgs,
 		Run: func(*cobra.Command, []string) {
-			fmt.Fprintln(stdout, versionString())
+			fmt.Fprintln(stdout, build().String())
 		},
 	})
 	root.AddCommand(newConfigCommand(o, stdout), newStatusCommand(stdout), newLeasesCommand(o, stdout),
 		newLeaseCommand(o, stdout))
 	return root
-}
-
-func versionString() string {
-	return fmt.Sprintf("weft %s (commit %s, %s %s/%s)", version, commitString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
 func commitString() string {

@@ -193,3 +193,32 @@ func TestFlanneldOnlyFlags(t *testing.T) {
 		t.Errorf("--help lists the hidden flanneld flags (%v):\n%s", err, help.String())
 	}
 }
+func TestFirewallFlags(t *testing.T) {
+	for _, tc := range []struct {
+		o      options
+		errors bool
+	}{
+		{options{ipMasq: true, iptablesResync: 0}, true},
+		{options{iptablesForwardRules: true, iptablesResync: -1}, true},
+		{options{ipMasq: true, iptablesForwardRules: true, iptablesResync: 1}, false},
+		{options{iptablesResync: 0}, false}, // unused when both are off
+	} {
+		if err := tc.o.checkFirewallFlags(); (err != nil) != tc.errors {
+			t.Errorf("%+v: %v", tc.o, err)
+		}
+	}
+	// flanneld's spelling parses, and the forward rules default to on.
+	root := newRootCommand(&bytes.Buffer{}, &bytes.Buffer{})
+	if err := root.ParseFlags(normalizeArgs(root, []string{"-ip-masq", "-ip-masq-fully-random-disable", "-iptables-resync=7"})); err != nil {
+		t.Fatal(err)
+	}
+	fs := root.Flags()
+	masq, _ := fs.GetBool("ip-masq")
+	noRandom, _ := fs.GetBool("ip-masq-fully-random-disable")
+	fwd, _ := fs.GetBool("iptables-forward-rules")
+	resync, _ := fs.GetInt("iptables-resync")
+	if !masq || !noRandom || !fwd || resync != 7 {
+		t.Errorf("parsed ip-masq=%t ip-masq-fully-random-disable=%t iptables-forward-rules=%t iptables-resync=%d",
+			masq, noRandom, fwd, resync)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/etcd"
+	"github.com/weft-net/weft/node"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -70,7 +71,7 @@ func newConfigCommand(o *options, stdout io.Writer) *cobra.Command {
 			return withStore(cmd.Context(), o, func(ctx context.Context, s *etcd.Store) error {
 				data, err := s.GetNetworkConfig(ctx)
 				if err != nil {
-					return fmt.Errorf("%w (create it with: %s)", err, configPutHint(o))
+					return fmt.Errorf("%w (create it with: %s)", err, node.ConfigPutHint(o.etcdConfig(nil)))
 				}
 				fmt.Fprintln(stdout, string(data))
 				if _, err := subnet.ParseConfig(data); err != nil {
@@ -94,8 +95,4 @@ func withStore(ctx context.Context, o *options, fn func(context.Context, *etcd.S
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	return fn(ctx, s)
-}
-
-func configPutHint(o *options) string {
-	return fmt.Sprintf("weft config put -f config.json -etcd-endpoints=%s -etcd-prefix=%s", o.etcdEndpoints, o.etcdPrefix)
 }

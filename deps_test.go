@@ -20,15 +20,28 @@ var importRules = []struct {
 	onlyStd   []string // if set: stdlib plus these
 	direct    bool     // check direct imports only (fakes may reach what their package reaches)
 }{
-	{pkg: "/tunnel", forbidden: []string{module + "/subnet", module + "/etcd", module + "/route", module + "/bench",
+	// The seam between the node and the data planes: types only.
+	{pkg: "/dataplane", onlyStd: []string{}},
+	// A data plane never reaches etcd, leases, netlink, the node or status.
+	{pkg: "/tunnel", forbidden: []string{module + "/subnet", module + "/etcd", module + "/route", module + "/firewall",
+		module + "/node", module + "/status", module + "/bench",
 		"go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/", "github.com/coreos/"}},
-	{pkg: "/tunnel/tuntest", onlyStd: []string{module + "/tunnel"}, direct: true},
+	{pkg: "/tunnel/tuntest", onlyStd: []string{module + "/tunnel", module + "/dataplane"}, direct: true},
 	{pkg: "/subnet", onlyStd: []string{}},
 	{pkg: "/subnet/subnettest", onlyStd: []string{module + "/subnet"}, direct: true},
-	{pkg: "/etcd", forbidden: []string{module + "/tunnel", module + "/route", module + "/bench", "github.com/vishvananda/", "github.com/spf13/"}},
-	{pkg: "/firewall", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/route", module + "/bench",
-		"go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/", "github.com/coreos/"}},
-	{pkg: "/route", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/bench", "go.etcd.io/", "github.com/spf13/"}},
+	{pkg: "/etcd", forbidden: []string{module + "/tunnel", module + "/route", module + "/node", module + "/status", module + "/bench",
+		"github.com/vishvananda/", "github.com/spf13/"}},
+	{pkg: "/firewall", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/route", module + "/node",
+		module + "/status", module + "/bench", "go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/", "github.com/coreos/"}},
+	{pkg: "/route", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/node", module + "/status",
+		module + "/bench", "go.etcd.io/", "github.com/spf13/"}},
+	// status reads the data planes only through their reports.
+	{pkg: "/status", forbidden: []string{module + "/node", module + "/tunnel", module + "/subnet", module + "/etcd", module + "/route",
+		module + "/firewall", module + "/bench", "go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/"}},
+	// The node may use the libraries and the seam, never the command line.
+	{pkg: "/node", forbidden: []string{module + "/bench", "github.com/spf13/"}},
+	{pkg: "/internal/logging", onlyStd: []string{}},
+	{pkg: "/internal/netnstest", onlyStd: []string{"github.com/vishvananda/netlink", "github.com/vishvananda/netns"}, direct: true},
 }
 
 type goPackage struct {
@@ -88,14 +101,15 @@ func TestImportRules(t *testing.T) {
 			}
 		}
 	}
-	// Nothing but bench's own commands and tests imports bench.
+	// Nothing but bench's own commands and tests imports bench; only the
+	// command line imports the node.
 	for path, p := range pkgs {
-		if strings.HasPrefix(path, module+"/bench") {
-			continue
-		}
 		for _, imp := range p.Imports {
-			if strings.HasPrefix(imp, module+"/bench") {
+			if strings.HasPrefix(imp, module+"/bench") && !strings.HasPrefix(path, module+"/bench") {
 				t.Errorf("%s imports %s; bench is a leaf", path, imp)
+			}
+			if imp == module+"/node" && path != module && !strings.HasPrefix(path, module+"/bench") {
+				t.Errorf("%s imports %s; only the command line (and bench) may", path, imp)
 			}
 		}
 	}

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"maps"
-	"strings"
 	"testing"
 
 	"github.com/spf13/cobra"
@@ -44,26 +42,5 @@ func TestFlagsOffloadKillSwitch(t *testing.T) {
 		if got != tt.want {
 			t.Errorf("args %v env %q: offload %v, want %v", tt.args, tt.env, got, tt.want)
 		}
-	}
-}
-
-func TestParseOffloads(t *testing.T) {
-	for _, tt := range []struct {
-		on   bool
-		list string
-		want map[string]bool
-	}{
-		{true, "tun,gso,gro", map[string]bool{"tun": true, "gso": true, "gro": true}},
-		{true, "tun, gro", map[string]bool{"tun": true, "gro": true}},
-		{true, "", map[string]bool{}},
-		{false, "tun,gso,gro", map[string]bool{"tun": false, "gso": false, "gro": false}},
-	} {
-		got, err := parseOffloads(tt.on, tt.list)
-		if err != nil || !maps.Equal(got, tt.want) {
-			t.Errorf("parseOffloads(%v, %q) = %v, %v; want %v", tt.on, tt.list, got, err, tt.want)
-		}
-	}
-	if _, err := parseOffloads(true, "tun,tso"); err == nil || !strings.Contains(err.Error(), `"tso"`) {
-		t.Errorf("parseOffloads(tun,tso) error %v, want one naming tso", err)
 	}
 }

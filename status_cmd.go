@@ -3,11 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"slices"
 	"strings"
@@ -17,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/weft-net/weft/etcd"
+	"github.com/weft-net/weft/status"
 	"github.com/weft-net/weft/subnet"
 )
 
@@ -32,7 +30,7 @@ func newStatusCommand(stdout io.Writer) *cobra.Command {
 			if output != "text" && output != "json" {
 				return fmt.Errorf("-o %s: must be text or json", output)
 			}
-			s, raw, err := fetchStatus(cmd.Context(), socket, url)
+			s, raw, err := status.Fetch(cmd.Context(), socket, url)
 			if err != nil {
 				return err
 			}
@@ -44,49 +42,13 @@ func newStatusCommand(stdout io.Writer) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&socket, "socket", defaultStatusSocket, "the daemon's -status-socket")
+	cmd.Flags().StringVar(&socket, "socket", status.DefaultSocket, "the daemon's -status-socket")
 	cmd.Flags().StringVar(&url, "url", "", "ask over HTTP instead, e.g. http://127.0.0.1:8471 (the daemon's -healthz-ip:-healthz-port)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	return cmd
 }
 
-func fetchStatus(ctx context.Context, socket, url string) (*Status, []byte, error) {
-	client := &http.Client{Timeout: 5 * time.Second}
-	target := strings.TrimSuffix(url, "/") + "/status"
-	if url == "" {
-		target = "http://weft/status"
-		client.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		}}
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		if url == "" {
-			return nil, nil, fmt.Errorf("no weft daemon answers on %s (is it running? pass --socket or --url): %w", socket, err)
-		}
-		return nil, nil, fmt.Errorf("ask %s: %w", target, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, nil, fmt.Errorf("read %s: %w", target, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, nil, fmt.Errorf("ask %s: %s", target, resp.Status)
-	}
-	var s Status
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return nil, nil, fmt.Errorf("decode %s: %w", target, err)
-	}
-	return &s, raw, nil
-}
-
-func printStatus(w io.Writer, s *Status, now time.Time) {
+func printStatus(w io.Writer, s *status.Status, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	state := "ready"
 	if !s.Ready {

@@ -91,7 +91,7 @@ func nftList(t *testing.T, n *testNS) string {
 		t.Log("nft not installed: skipping the check against nft's own listing")
 		return ""
 	}
-	out, err := exec.Command("ip", "netns", "exec", n.name, "nft", "list", "table", "ip", TableName).CombinedOutput()
+	out, err := exec.Command("ip", "netns", "exec", n.Name, "nft", "list", "table", "ip", TableName).CombinedOutput()
 	if err != nil {
 		t.Fatalf("nft list table: %v\n%s", err, out)
 	}
@@ -99,7 +99,7 @@ func nftList(t *testing.T, n *testNS) string {
 }
 
 func TestApplyReadBack(t *testing.T) {
-	n := newTestNS(t, "read")
+	n := newTestNS(t)
 	mustApply(t, n, testRules(), true)
 	assertKernel(t, n, expectedMasq(true), expectedForward)
 
@@ -116,7 +116,7 @@ func TestApplyReadBack(t *testing.T) {
 }
 
 func TestApplyIdempotent(t *testing.T) {
-	n := newTestNS(t, "idem")
+	n := newTestNS(t)
 	r := testRules()
 	mustApply(t, n, r, true)
 	mustApply(t, n, r, false)
@@ -142,9 +142,9 @@ func TestApplyIdempotent(t *testing.T) {
 }
 
 func TestApplyRepairs(t *testing.T) {
-	n := newTestNS(t, "repair")
+	n := newTestNS(t)
 	r := testRules()
-	other, err := nftables.New(nftables.WithNetNSFd(int(n.ns)))
+	other, err := nftables.New(nftables.WithNetNSFd(int(n.Handle)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestApplyRepairs(t *testing.T) {
 			if _, err := exec.LookPath("nft"); err != nil {
 				t.Skip("nft not installed: cannot set the dormant flag")
 			}
-			if out, err := exec.Command("ip", "netns", "exec", n.name, "nft", "add table ip "+TableName+" { flags dormant; }").CombinedOutput(); err != nil {
+			if out, err := exec.Command("ip", "netns", "exec", n.Name, "nft", "add table ip "+TableName+" { flags dormant; }").CombinedOutput(); err != nil {
 				t.Fatalf("nft: %v\n%s", err, out)
 			}
 		}},
@@ -212,7 +212,7 @@ func TestApplyRepairs(t *testing.T) {
 }
 
 func TestApplyTogglesAndRemove(t *testing.T) {
-	n := newTestNS(t, "toggle")
+	n := newTestNS(t)
 	// Someone else's table, with a chain on the same hook and a rule: it
 	// must survive everything weft does.
 	foreign := &nftables.Table{Name: "operator", Family: nftables.TableFamilyIPv4}
@@ -265,7 +265,7 @@ func TestApplyTogglesAndRemove(t *testing.T) {
 }
 
 func TestApplyRejectsBadRules(t *testing.T) {
-	n := newTestNS(t, "bad")
+	n := newTestNS(t)
 	r := testRules()
 	r.Subnet = mustPrefix(t, "198.18.7.0/24")
 	if _, err := Apply(n.nft, r); err == nil || !strings.Contains(err.Error(), "not inside network") {
@@ -315,7 +315,7 @@ func mustPrefix(t *testing.T, s string) netip.Prefix {
 // one), and nothing else is: weft's own chain, chains with policy accept,
 // regular chains, IPv6 and bridge tables.
 func TestForwardDrops(t *testing.T) {
-	n := newTestNS(t, "drops")
+	n := newTestNS(t)
 	mustApply(t, n, testRules(), true)
 	assertDrops(t, n) // none yet
 

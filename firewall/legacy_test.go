@@ -14,11 +14,11 @@ func TestLegacyForwardDrop(t *testing.T) {
 	if _, err := exec.LookPath("iptables-legacy"); err != nil {
 		t.Skip("skipping: needs iptables-legacy (Debian: apt-get install iptables)")
 	}
-	n := newTestNS(t, "legacy")
+	n := newTestNS(t)
 	check := func(want bool) {
 		t.Helper()
 		var got bool
-		if err := n.do(func() (err error) { got, err = LegacyForwardDrop(); return err }); err != nil {
+		if err := n.Do(func() (err error) { got, err = LegacyForwardDrop(); return err }); err != nil {
 			t.Fatalf("LegacyForwardDrop: %v", err)
 		}
 		if got != want {
@@ -27,14 +27,14 @@ func TestLegacyForwardDrop(t *testing.T) {
 	}
 	iptables := func(args ...string) {
 		t.Helper()
-		out, err := exec.Command("ip", append([]string{"netns", "exec", n.name, "iptables-legacy"}, args...)...).CombinedOutput()
+		out, err := exec.Command("ip", append([]string{"netns", "exec", n.Name, "iptables-legacy"}, args...)...).CombinedOutput()
 		if err != nil {
 			t.Fatalf("iptables-legacy %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
 	tables := func() string {
 		t.Helper()
-		out, err := exec.Command("ip", "netns", "exec", n.name, "cat", "/proc/net/ip_tables_names").Output()
+		out, err := exec.Command("ip", "netns", "exec", n.Name, "cat", "/proc/net/ip_tables_names").Output()
 		if err != nil {
 			t.Fatalf("read ip_tables_names: %v", err)
 		}

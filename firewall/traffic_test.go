@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/netnstest"
 )
 
 // Addresses of the traffic test. Overlay 198.19.0.0/16: this node's subnet
@@ -29,28 +32,30 @@ var (
 	outsideIP  = netip.MustParseAddr("198.18.0.2")
 )
 
+// probeSeq tells one probe's payload from a stray earlier one.
+var probeSeq atomic.Int64
+
 // topology builds pod ⇄ node ⇄ outside and returns the three namespaces.
 func topology(t *testing.T) (pod, node, outside *testNS) {
 	t.Helper()
-	pod, node, outside = newTestNS(t, "pod"), newTestNS(t, "node"), newTestNS(t, "out")
+	pod, node, outside = newTestNS(t), newTestNS(t), newTestNS(t)
 
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "pod0"}}
-	if err := node.h.LinkAdd(br); err != nil {
+	if err := node.Netlink.LinkAdd(br); err != nil {
 		t.Fatalf("add bridge pod0: %v", err)
 	}
-	node.up(t, "pod0")
-	node.addr(t, "pod0", "198.19.7.1/24")
-	node.veth(t, "vpod", pod, "eth0")
-	if err := node.h.LinkSetMaster(node.link(t, "vpod"), node.link(t, "pod0")); err != nil {
+	node.LinkUp(t, "pod0")
+	node.AddAddr(t, "pod0", "198.19.7.1/24")
+	vpod := netnstest.Veth{A: netnstest.End{NS: node.NS, Name: "vpod"},
+		B: netnstest.End{NS: pod.NS, Name: "eth0", Addr: "198.19.7.2/24"}}.Add(t)
+	if err := node.Netlink.LinkSetMaster(vpod, node.Link(t, "pod0")); err != nil {
 		t.Fatalf("enslave vpod to pod0: %v", err)
 	}
-	pod.addr(t, "eth0", "198.19.7.2/24")
 	pod.route(t, "default", "198.19.7.1")
 
-	node.veth(t, "up0", outside, "up0")
-	node.addr(t, "up0", "198.18.0.1/24")
-	outside.addr(t, "up0", "198.18.0.2/24")
-	outside.addr(t, "up0", "198.19.9.5/32")
+	netnstest.Veth{A: netnstest.End{NS: node.NS, Name: "up0", Addr: "198.18.0.1/24"},
+		B: netnstest.End{NS: outside.NS, Name: "up0", Addr: "198.18.0.2/24"}}.Add(t)
+	outside.AddAddr(t, "up0", "198.19.9.5/32")
 	// The overlay route, and the way back to this node's pods for traffic
 	// that keeps its pod source.
 	node.route(t, "198.19.9.0/24", "198.18.0.2")
@@ -68,7 +73,7 @@ func probe(t *testing.T, from *testNS, src netip.Addr, mark int, to *testNS, dst
 	t.Helper()
 	var uc *net.UDPConn
 	var ln *net.TCPListener
-	err := to.do(func() error {
+	err := to.Do(func() error {
 		var err error
 		if uc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: dst.AsSlice()}); err != nil {
 			return err
@@ -77,7 +82,7 @@ func probe(t *testing.T, from *testNS, src netip.Addr, mark int, to *testNS, dst
 		return err
 	})
 	if err != nil {
-		t.Fatalf("listen on %s in %s: %v", dst, to.name, err)
+		t.Fatalf("listen on %s in %s: %v", dst, to.Name, err)
 	}
 	defer uc.Close()
 	defer ln.Close()
@@ -95,11 +100,11 @@ func probe(t *testing.T, from *testNS, src netip.Addr, mark int, to *testNS, dst
 			return serr
 		}
 	}
-	payload := []byte(fmt.Sprintf("weft-probe-%d", nsCounter.Add(1)))
+	payload := []byte(fmt.Sprintf("weft-probe-%d", probeSeq.Add(1)))
 
 	// UDP: one datagram; the receiver reports its source.
 	var udpErr error
-	err = from.do(func() error {
+	err = from.Do(func() error {
 		ud := d
 		if src.IsValid() {
 			ud.LocalAddr = &net.UDPAddr{IP: src.AsSlice()}
@@ -146,7 +151,7 @@ func probe(t *testing.T, from *testNS, src netip.Addr, mark int, to *testNS, dst
 		accepted <- c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap()
 	}()
 	var conn net.Conn
-	err = from.do(func() error {
+	err = from.Do(func() error {
 		var err error
 		conn, err = d.DialContext(context.Background(), "tcp4", ln.Addr().String())
 		return err
@@ -163,7 +168,7 @@ func probe(t *testing.T, from *testNS, src netip.Addr, mark int, to *testNS, dst
 }
 
 func TestMasqueradeTraffic(t *testing.T) {
-	skipUnlessRoot(t)
+	netnstest.SkipUnlessRoot(t)
 	hostForward, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +223,7 @@ func TestMasqueradeTraffic(t *testing.T) {
 // FORWARD chain in iptables-nft and in iptables-legacy alike, and the fix
 // the warning names (accepts for the network in that chain) restores it.
 func TestForwardDropTraffic(t *testing.T) {
-	skipUnlessRoot(t)
+	netnstest.SkipUnlessRoot(t)
 	for _, bin := range []string{"iptables-nft", "iptables-legacy"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("skipping: needs %s (Debian: apt-get install iptables)", bin)
@@ -232,7 +237,7 @@ func TestForwardDropTraffic(t *testing.T) {
 			}
 			iptables := func(args ...string) {
 				t.Helper()
-				out, err := exec.Command("ip", append([]string{"netns", "exec", node.name, bin}, args...)...).CombinedOutput()
+				out, err := exec.Command("ip", append([]string{"netns", "exec", node.Name, bin}, args...)...).CombinedOutput()
 				if err != nil {
 					t.Fatalf("%s %v: %v\n%s", bin, args, err, out)
 				}
@@ -250,7 +255,7 @@ func TestForwardDropTraffic(t *testing.T) {
 				t.Fatal(err)
 			}
 			var legacy bool
-			if err := node.do(func() (err error) { legacy, err = LegacyForwardDrop(); return err }); err != nil {
+			if err := node.Do(func() (err error) { legacy, err = LegacyForwardDrop(); return err }); err != nil {
 				t.Fatal(err)
 			}
 			if nft := slices.Contains(drops, "table ip filter chain FORWARD"); nft != (bin == "iptables-nft") || legacy != (bin == "iptables-legacy") {
@@ -270,11 +275,11 @@ func TestForwardDropTraffic(t *testing.T) {
 func reachable(t *testing.T, from, to *testNS, dst netip.Addr) bool {
 	t.Helper()
 	var ln *net.TCPListener
-	if err := to.do(func() (err error) {
+	if err := to.Do(func() (err error) {
 		ln, err = net.ListenTCP("tcp4", &net.TCPAddr{IP: dst.AsSlice()})
 		return err
 	}); err != nil {
-		t.Fatalf("listen on %s in %s: %v", dst, to.name, err)
+		t.Fatalf("listen on %s in %s: %v", dst, to.Name, err)
 	}
 	defer ln.Close()
 	go func() {
@@ -282,7 +287,7 @@ func reachable(t *testing.T, from, to *testNS, dst netip.Addr) bool {
 			c.Close()
 		}
 	}()
-	err := from.do(func() error {
+	err := from.Do(func() error {
 		c, err := net.DialTimeout("tcp4", ln.Addr().String(), time.Second)
 		if err == nil {
 			c.Close()

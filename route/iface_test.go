@@ -10,9 +10,9 @@ import (
 
 func TestFindInterface(t *testing.T) {
 	n := newTestNS(t)
-	h := n.h
+	h := n.Netlink
 	ul0 := n.addLink(t, "ul0", true, "198.18.1.2/24")
-	n.addAddr(t, ul0, "198.18.1.3/24")
+	n.AddAddr(t, "ul0", "198.18.1.3/24")
 	ul1 := n.addLink(t, "ul1", true, "198.18.2.2/24")
 	n.addLink(t, "ul2", false, "198.18.3.2/24") // down: never chosen
 	ul3 := n.addLink(t, "ul3", true, "")        // no IPv4: never chosen

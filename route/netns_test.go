@@ -3,109 +3,29 @@ package route
 import (
 	"fmt"
 	"net"
-	"os"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/internal/netnstest"
 )
 
-var nsCounter atomic.Int64
+// markSeq numbers assertQuiet's marker devices.
+var markSeq atomic.Int64
 
-// testNS is a fresh, named network namespace and a netlink handle into it.
-type testNS struct {
-	h  *netlink.Handle
-	ns netns.NsHandle
-}
+// testNS is a namespace with route's own helpers.
+type testNS struct{ *netnstest.NS }
 
-// newTestNS creates a namespace that is deleted when the test ends, even on
-// failure. The test goroutine never enters it: only the handle's sockets live
-// there.
-func newTestNS(t *testing.T) testNS {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root (CAP_NET_ADMIN) to create network namespaces; run go test as root")
-	}
-	name := fmt.Sprintf("weft-route-%d-%d", os.Getpid(), nsCounter.Add(1))
-	type result struct {
-		ns  netns.NsHandle
-		err error
-	}
-	ch := make(chan result)
-	go func() {
-		// NewNamed moves this thread into the new namespace. The thread stays
-		// locked until the goroutine exits, so Go discards it instead of
-		// reusing it for other goroutines.
-		runtime.LockOSThread()
-		ns, err := netns.NewNamed(name)
-		ch <- result{ns, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("create netns %s: %v", name, r.err)
-	}
-	t.Cleanup(func() {
-		r.ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	h, err := netlink.NewHandleAt(r.ns)
-	if err != nil {
-		t.Fatalf("netlink handle in %s: %v", name, err)
-	}
-	t.Cleanup(h.Close)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatalf("find lo: %v", err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		t.Fatalf("set lo up: %v", err)
-	}
-	return testNS{h: h, ns: r.ns}
-}
+func newTestNS(t *testing.T) testNS { return testNS{netnstest.New(t)} }
 
-// addLink creates a veth pair (this kernel has no dummy driver) named name
-// and name+"p", optionally both up, with IPv4 address cidr on name.
+// addLink creates a veth pair named name and name+"p", optionally both up,
+// with IPv4 address cidr on name.
 func (n testNS) addLink(t *testing.T, name string, up bool, cidr string) netlink.Link {
 	t.Helper()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
-	if err := n.h.LinkAdd(veth); err != nil {
-		t.Fatalf("add veth %s: %v", name, err)
-	}
-	link, err := n.h.LinkByName(name)
-	if err != nil {
-		t.Fatalf("find %s: %v", name, err)
-	}
-	if up {
-		for _, l := range []string{name, name + "p"} {
-			ll, err := n.h.LinkByName(l)
-			if err != nil {
-				t.Fatalf("find %s: %v", l, err)
-			}
-			if err := n.h.LinkSetUp(ll); err != nil {
-				t.Fatalf("set %s up: %v", l, err)
-			}
-		}
-	}
-	if cidr != "" {
-		n.addAddr(t, link, cidr)
-	}
-	return link
-}
-
-func (n testNS) addAddr(t *testing.T, link netlink.Link, cidr string) {
-	t.Helper()
-	a, err := netlink.ParseAddr(cidr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.h.AddrAdd(link, a); err != nil {
-		t.Fatalf("add %s to %s: %v", cidr, link.Attrs().Name, err)
-	}
+	return netnstest.Veth{A: netnstest.End{NS: n.NS, Name: name, Addr: cidr}, B: netnstest.End{NS: n.NS, Name: name + "p"},
+		Down: !up}.Add(t)
 }
 
 func mustIPNet(t *testing.T, cidr string) *net.IPNet {
@@ -126,10 +46,10 @@ func (n testNS) assertQuiet(t *testing.T, f func()) {
 	defer close(done)
 	addrs := make(chan netlink.AddrUpdate, 64)
 	routes := make(chan netlink.RouteUpdate, 64)
-	if err := netlink.AddrSubscribeAt(n.ns, addrs, done); err != nil {
+	if err := netlink.AddrSubscribeAt(n.Handle, addrs, done); err != nil {
 		t.Fatalf("subscribe to addresses: %v", err)
 	}
-	if err := netlink.RouteSubscribeAt(n.ns, routes, done); err != nil {
+	if err := netlink.RouteSubscribeAt(n.Handle, routes, done); err != nil {
 		t.Fatalf("subscribe to routes: %v", err)
 	}
 
@@ -137,7 +57,7 @@ func (n testNS) assertQuiet(t *testing.T, f func()) {
 
 	// A marker change after f: every IPv4 event before the marker's own
 	// events came from f, since each subscription sees events in order.
-	id := nsCounter.Add(1)
+	id := markSeq.Add(1)
 	marker := n.addLink(t, fmt.Sprintf("mark%d", id), true, fmt.Sprintf("198.18.254.%d/32", id%250+1))
 	idx := marker.Attrs().Index
 	drainUntil(t, addrs, "address", func(a netlink.AddrUpdate) bool { return a.LinkIndex == idx },

@@ -68,7 +68,7 @@ func wantState(t *testing.T, h *netlink.Handle, want linkState) {
 
 func TestSet(t *testing.T) {
 	n := newTestNS(t)
-	h := n.h
+	h := n.Netlink
 	udp0 := n.addLink(t, "udp0", false, "")
 	d := Desired{
 		Link:       "udp0",
@@ -107,7 +107,7 @@ func TestSet(t *testing.T) {
 	t.Run("removes leftovers", func(t *testing.T) {
 		// An address from an earlier lease, a foreign route, and the right
 		// destination with the wrong metric.
-		n.addAddr(t, udp0, "198.19.9.0/32")
+		n.AddAddr(t, "udp0", "198.19.9.0/32")
 		for _, r := range []netlink.Route{
 			{LinkIndex: udp0.Attrs().Index, Dst: mustIPNet(t, "198.19.200.0/24"), Scope: netlink.SCOPE_LINK},
 			{LinkIndex: udp0.Attrs().Index, Dst: mustIPNet(t, "198.19.0.0/16"), Scope: netlink.SCOPE_LINK, Priority: 100},
@@ -176,8 +176,8 @@ func TestSet(t *testing.T) {
 		// promote_secondaries is set; Set must end with the address either way.
 		d3 := d
 		d3.Addr = netip.MustParsePrefix("198.19.7.9/24")
-		n.addAddr(t, udp0, "198.19.7.5/24")
-		n.addAddr(t, udp0, "198.19.7.9/24")
+		n.AddAddr(t, "udp0", "198.19.7.5/24")
+		n.AddAddr(t, "udp0", "198.19.7.9/24")
 		mustApply(t, h, d3)
 		want3 := want
 		want3.Addrs = []string{"198.19.7.9/24"}

@@ -67,6 +67,16 @@ func (r DropReason) String() string {
 	return "unknown"
 }
 
+// DropReasonNames lists the name of every reason a packet is dropped for
+// (DropNone aside), in order.
+func DropReasonNames() []string {
+	names := make([]string, 0, NumDropReasons-1)
+	for r := DropReason(1); r < NumDropReasons; r++ {
+		names = append(names, r.String())
+	}
+	return names
+}
+
 // ValidateIPv4 checks an inner packet received from the network, where any
 // byte may be hostile: pkt must be exactly one IPv4 packet with a sane header.
 // It does not verify the header checksum: the kernel does that when the

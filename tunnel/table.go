@@ -7,14 +7,14 @@ import (
 	"net/netip"
 	"slices"
 	"sync/atomic"
+
+	"github.com/weft-net/weft/dataplane"
 )
 
 // Peer is one remote node: packets for Subnet go to Addr (the lease's
-// PublicIP) on the backend port.
-type Peer struct {
-	Subnet netip.Prefix
-	Addr   netip.Addr
-}
+// PublicIP) on the backend port. It is the data-plane seam's type, so the
+// node hands the forwarder what it hands every plane.
+type Peer = dataplane.Peer
 
 // Table is the data path's view of the cluster: this node's own subnet and
 // the peers' subnets. It routes outgoing packets and decides which incoming
@@ -69,17 +69,11 @@ type PeerStats struct {
 }
 
 // PeerTraffic is a snapshot of one peer and its counters.
-type PeerTraffic struct {
-	Peer
-	TxPackets, TxBytes, RxPackets, RxBytes uint64
-}
+type PeerTraffic = dataplane.PeerTraffic
 
 // PeerChange adds or replaces (Remove false) or removes (Remove true; Addr
 // is ignored) the peer for Subnet.
-type PeerChange struct {
-	Peer
-	Remove bool
-}
+type PeerChange = dataplane.PeerChange
 
 // NewTable builds a table for a node that owns local and talks to peers.
 // Peers that are not IPv4 (subnet or address), or are the local subnet, are

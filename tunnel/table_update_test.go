@@ -245,7 +245,7 @@ func TestTableApplyCounters(t *testing.T) {
 	local := netip.MustParsePrefix("198.19.0.0/24")
 	sA, sB := netip.MustParsePrefix("198.19.1.0/24"), netip.MustParsePrefix("198.19.2.0/24")
 	x, y := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")
-	tb := NewTable(local, []Peer{{sA, x}, {sB, x}})
+	tb := NewTable(local, []Peer{{Subnet: sA, Addr: x}, {Subnet: sB, Addr: x}})
 	bump := func() { tb.entry(sA).stats.RxPackets.Add(1) }
 	rx := func() uint64 { return tb.Traffic()[0].RxPackets }
 	steps := []struct {
@@ -253,14 +253,14 @@ func TestTableApplyCounters(t *testing.T) {
 		changes []PeerChange
 		want    uint64
 	}{
-		{"same address again", []PeerChange{{Peer: Peer{sA, x}}}, 1},
-		{"same address, mapped, unmasked", []PeerChange{{Peer: Peer{netip.MustParsePrefix("198.19.1.9/24"), netip.AddrFrom16(x.As16())}}}, 2},
-		{"another peer changes", []PeerChange{{Peer: Peer{sB, y}}}, 3},
+		{"same address again", []PeerChange{{Peer: Peer{Subnet: sA, Addr: x}}}, 1},
+		{"same address, mapped, unmasked", []PeerChange{{Peer: Peer{Subnet: netip.MustParsePrefix("198.19.1.9/24"), Addr: netip.AddrFrom16(x.As16())}}}, 2},
+		{"another peer changes", []PeerChange{{Peer: Peer{Subnet: sB, Addr: y}}}, 3},
 		{"absent subnet removed", []PeerChange{{Peer: Peer{Subnet: netip.MustParsePrefix("198.19.9.0/24")}, Remove: true}}, 4},
-		{"away and back in one Apply", []PeerChange{{Peer: Peer{sA, y}}, {Peer: Peer{sA, x}}}, 5},
-		{"removed and added back in one Apply", []PeerChange{{Peer: Peer{Subnet: sA}, Remove: true}, {Peer: Peer{sA, x}}}, 6},
-		{"IPv6 address: skipped", []PeerChange{{Peer: Peer{sA, netip.MustParseAddr("fd00::1")}}}, 7},
-		{"new address", []PeerChange{{Peer: Peer{sA, y}}}, 0},
+		{"away and back in one Apply", []PeerChange{{Peer: Peer{Subnet: sA, Addr: y}}, {Peer: Peer{Subnet: sA, Addr: x}}}, 5},
+		{"removed and added back in one Apply", []PeerChange{{Peer: Peer{Subnet: sA}, Remove: true}, {Peer: Peer{Subnet: sA, Addr: x}}}, 6},
+		{"IPv6 address: skipped", []PeerChange{{Peer: Peer{Subnet: sA, Addr: netip.MustParseAddr("fd00::1")}}}, 7},
+		{"new address", []PeerChange{{Peer: Peer{Subnet: sA, Addr: y}}}, 0},
 	}
 	for _, s := range steps {
 		bump()
@@ -271,13 +271,13 @@ func TestTableApplyCounters(t *testing.T) {
 	}
 	bump()
 	tb = tb.Apply(local, []PeerChange{{Peer: Peer{Subnet: sA}, Remove: true}})
-	tb = tb.Apply(local, []PeerChange{{Peer: Peer{sA, y}}})
+	tb = tb.Apply(local, []PeerChange{{Peer: Peer{Subnet: sA, Addr: y}}})
 	if got := rx(); got != 0 {
 		t.Errorf("removed and added back later: %d rx packets, want 0", got)
 	}
 	// A new local subnet rebuilds, keeping counters all the same.
 	bump()
-	tb = tb.Apply(netip.MustParsePrefix("198.19.3.0/24"), []PeerChange{{Peer: Peer{local, x}}})
+	tb = tb.Apply(netip.MustParsePrefix("198.19.3.0/24"), []PeerChange{{Peer: Peer{Subnet: local, Addr: x}}})
 	if got := tb.Traffic(); len(got) != 3 || got[1].Subnet != sA || got[1].RxPackets != 1 {
 		t.Errorf("after the local subnet changed: %+v", got)
 	}
@@ -287,9 +287,9 @@ func TestTableApplyCounters(t *testing.T) {
 // the others stay shared with the old table.
 func TestTableApplySharesUntouched(t *testing.T) {
 	local := netip.MustParsePrefix("198.19.255.0/24")
-	peers := append(benchPeers(100), Peer{netip.MustParsePrefix("198.19.0.0/16"), netip.MustParseAddr("198.18.1.1")})
+	peers := append(benchPeers(100), Peer{Subnet: netip.MustParsePrefix("198.19.0.0/16"), Addr: netip.MustParseAddr("198.18.1.1")})
 	old := NewTable(local, peers)
-	tb := old.Apply(local, []PeerChange{{Peer: Peer{peers[5].Subnet, netip.MustParseAddr("198.18.2.2")}}})
+	tb := old.Apply(local, []PeerChange{{Peer: Peer{Subnet: peers[5].Subnet, Addr: netip.MustParseAddr("198.18.2.2")}}})
 	if len(old.levels) != 2 || len(tb.levels) != 2 {
 		t.Fatalf("levels: %d and %d, want 2", len(old.levels), len(tb.levels))
 	}
@@ -300,7 +300,7 @@ func TestTableApplySharesUntouched(t *testing.T) {
 	if ptr(tb.levels[1].peers) != ptr(old.levels[1].peers) {
 		t.Error("the untouched /16 level was copied")
 	}
-	if same := tb.Apply(local, []PeerChange{{Peer: Peer{peers[7].Subnet, netip.AddrFrom16(peers[7].Addr.As16())}}}); ptr(same.levels[0].peers) != ptr(tb.levels[0].peers) {
+	if same := tb.Apply(local, []PeerChange{{Peer: Peer{Subnet: peers[7].Subnet, Addr: netip.AddrFrom16(peers[7].Addr.As16())}}}); ptr(same.levels[0].peers) != ptr(tb.levels[0].peers) {
 		t.Error("a change to what the peer already was copied its level")
 	}
 	if tb2 := tb.Apply(local, []PeerChange{{Peer: peers[5]}, {Peer: Peer{Subnet: peers[100].Subnet}, Remove: true}}); len(tb2.levels) != 1 || tb2.Len() != 100 {
@@ -317,7 +317,7 @@ func TestTableApplySharesUntouched(t *testing.T) {
 func TestTableApplyAllocs(t *testing.T) {
 	local := netip.MustParsePrefix("198.19.255.0/24")
 	peers := benchPeers(5000)
-	moved := Peer{peers[2500].Subnet, netip.MustParseAddr("198.18.255.254")}
+	moved := Peer{Subnet: peers[2500].Subnet, Addr: netip.MustParseAddr("198.18.255.254")}
 	changes := [2][]PeerChange{{{Peer: peers[2500]}}, {{Peer: moved}}}
 	tb := NewTable(local, peers)
 	i := 0

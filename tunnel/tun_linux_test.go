@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/netnstest"
 	"github.com/weft-net/weft/tunnel"
 	"github.com/weft-net/weft/tunnel/tuntest"
 )
@@ -28,61 +28,45 @@ func tunName() string {
 	return fmt.Sprintf("wt%d-%d", os.Getpid()%1000000, tunSeq.Add(1))
 }
 
-// enterNewNetns moves the test goroutine into a fresh network namespace.
-// The goroutine stays locked to its thread until the test ends, and a
-// goroutine that exits locked takes its thread with it, so nothing else
-// ever runs in the namespace and the host's devices are never touched.
-// The namespace disappears with its last thread and fd. Subtests would run
-// on other threads: root tests here use none.
-func enterNewNetns(t *testing.T) *netlink.Handle {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates a TUN device in a new network namespace")
-	}
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Fatalf("unshare network namespace: %v", err)
-	}
-	h, err := netlink.NewHandle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
-	return h
-}
-
-// openTestTUN opens a TUN in the test's namespace, gives it 198.19.1.0/32,
-// routes 198.19.2.0/24 to it and brings it up, as weft's route package
-// will.
-func openTestTUN(t *testing.T, h *netlink.Handle) tunnel.Device {
+// openTestTUN opens a TUN in the test's namespace n and sets it up with
+// setUpTUN.
+func openTestTUN(t *testing.T, n *netnstest.NS) tunnel.Device {
 	name := tunName()
 	dev, err := tunnel.OpenTUN(name, 1400)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { dev.Close() })
+	setUpTUN(t, n, dev)
 	if dev.Name() != name || dev.MTU() != 1400 || dev.BatchSize() < 1 {
 		t.Fatalf("device %q mtu %d batch %d", dev.Name(), dev.MTU(), dev.BatchSize())
 	}
-	link, err := h.LinkByName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, _ := netlink.ParseAddr("198.19.1.0/32")
-	if err := h.AddrAdd(link, addr); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(link); err != nil {
-		t.Fatal(err)
-	}
-	_, dst, _ := net.ParseCIDR("198.19.2.0/24")
-	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}
-	if err := h.RouteAdd(route); err != nil {
-		t.Fatal(err)
-	}
-	// A stuck Read fails the test instead of hanging it.
-	timer := time.AfterFunc(20*time.Second, func() { dev.Close() })
-	t.Cleanup(func() { timer.Stop() })
 	return dev
+}
+
+// setUpTUN configures dev in n as weft's route package will:
+// 198.19.1.0/32 on it, its MTU, up, 198.19.2.0/24 routed to it. A stuck
+// Read fails the test instead of hanging it: dev closes after 30 s.
+func setUpTUN(t *testing.T, n *netnstest.NS, dev tunnel.Device) {
+	configureTUN(t, n, dev, "198.19.1.0", "198.19.2.0/24")
+	timer := time.AfterFunc(30*time.Second, func() { dev.Close() })
+	t.Cleanup(func() { timer.Stop() })
+}
+
+// configureTUN gives dev in n the address addr/32 and its MTU, sets it up
+// and routes routed to it. dev closes when the test ends.
+func configureTUN(t *testing.T, n *netnstest.NS, dev tunnel.Device, addr, routed string) {
+	t.Helper()
+	t.Cleanup(func() { dev.Close() })
+	link := n.Link(t, dev.Name())
+	n.AddAddr(t, dev.Name(), addr+"/32")
+	if err := n.Netlink.LinkSetMTU(link, dev.MTU()); err != nil {
+		t.Fatalf("set mtu of %s: %v", dev.Name(), err)
+	}
+	n.LinkUp(t, dev.Name())
+	_, dst, _ := net.ParseCIDR(routed)
+	if err := n.Netlink.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
+		t.Fatalf("route %s to %s: %v", routed, dev.Name(), err)
+	}
 }
 
 // tunReader reads packets from a device with preallocated buffers.
@@ -131,8 +115,7 @@ func isEchoReply(seq uint16) func([]byte) bool {
 }
 
 func TestTUNReadWrite(t *testing.T) {
-	h := enterNewNetns(t)
-	dev := openTestTUN(t, h)
+	dev := openTestTUN(t, netnstest.Enter(t))
 	r := newTUNReader(dev)
 
 	// Kernel → device: a UDP datagram routed to the TUN.
@@ -187,11 +170,19 @@ func TestTUNReadWrite(t *testing.T) {
 // TestTUNAllocs asserts a Write and the Reads that bring back the answer,
 // including the poll wait, allocate nothing.
 func TestTUNAllocs(t *testing.T) {
-	h := enterNewNetns(t)
-	dev := openTestTUN(t, h)
+	dev := openTestTUN(t, netnstest.Enter(t))
+	if allocs := echoAllocs(t, dev, 3); allocs != 0 {
+		t.Errorf("TUN write + read allocates %.1f times", allocs)
+	}
+}
+
+// echoAllocs is how many times a Write of an echo request to dev and the
+// Reads that bring back the reply allocate, on average.
+func echoAllocs(t *testing.T, dev tunnel.Device, seq uint16) float64 {
+	t.Helper()
 	r := newTUNReader(dev)
-	ping := append(make([]byte, 16), tuntest.IPv4ICMPEcho(farAddr, tunAddr, 77, 3, nil)...)
-	match := isEchoReply(3)
+	ping := append(make([]byte, 16), tuntest.IPv4ICMPEcho(farAddr, tunAddr, 77, seq, nil)...)
+	match := isEchoReply(seq)
 	pings := [][]byte{ping}
 	var failed error
 	allocs := testing.AllocsPerRun(100, func() {
@@ -206,14 +197,29 @@ func TestTUNAllocs(t *testing.T) {
 	if failed != nil {
 		t.Fatal(failed)
 	}
-	if allocs != 0 {
-		t.Errorf("TUN write + read allocates %.1f times", allocs)
-	}
+	return allocs
 }
 
 func TestTUNCloseWakesRead(t *testing.T) {
-	h := enterNewNetns(t)
-	dev := openTestTUN(t, h)
+	n := netnstest.Enter(t)
+	dev := openTestTUN(t, n)
+	checkCloseWakesRead(t, dev)
+	if err := dev.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	if _, err := dev.Write([][]byte{make([]byte, 40)}, 0); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Write after Close: %v", err)
+	}
+	// Closing the fd removed the (non-persistent) device.
+	if _, err := n.Netlink.LinkByName(dev.Name()); err == nil {
+		t.Error("device still exists after Close")
+	}
+}
+
+// checkCloseWakesRead closes dev while a Read is blocked in poll: the Read
+// must return net.ErrClosed within a second.
+func checkCloseWakesRead(t *testing.T, dev tunnel.Device) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() {
 		_, err := newTUNReader(dev).until(func([]byte) bool { return false })
@@ -231,16 +237,6 @@ func TestTUNCloseWakesRead(t *testing.T) {
 	case <-time.After(time.Second):
 		t.Fatal("Read still blocked 1s after Close")
 	}
-	if err := dev.Close(); err != nil {
-		t.Errorf("second Close: %v", err)
-	}
-	if _, err := dev.Write([][]byte{make([]byte, 40)}, 0); !errors.Is(err, net.ErrClosed) {
-		t.Errorf("Write after Close: %v", err)
-	}
-	// Closing the fd removed the (non-persistent) device.
-	if _, err := h.LinkByName(dev.Name()); err == nil {
-		t.Error("device still exists after Close")
-	}
 }
 
 // TestForwarderOnRealDevices runs a forwarder over a real TUN and a real
@@ -248,16 +244,9 @@ func TestTUNCloseWakesRead(t *testing.T) {
 // TUN goes out over UDP, comes back in, loses one TTL and is written back
 // to the TUN (where the kernel, not forwarding, drops it).
 func TestForwarderOnRealDevices(t *testing.T) {
-	h := enterNewNetns(t)
+	n := netnstest.Enter(t) // lo up
 	checkLeaks(t)
-	lo, err := h.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(lo); err != nil {
-		t.Fatal(err)
-	}
-	dev := openTestTUN(t, h)
+	dev := openTestTUN(t, n)
 	conn, err := tunnel.ListenUDP(netip.MustParseAddrPort("127.0.0.1:0"))
 	if err != nil {
 		t.Fatal(err)
@@ -300,7 +289,7 @@ func TestOpenTUNInvalid(t *testing.T) {
 // forwarder with an error that says what happened and what to do, names
 // the device once, and still wraps EBADFD; with and without offloads.
 func TestTUNDeletedUnderForwarder(t *testing.T) {
-	h := enterNewNetns(t)
+	n := netnstest.Enter(t)
 	for _, offload := range []bool{false, true} {
 		name := tunName()
 		dev, err := tunnel.OpenTUNConfig(tunnel.TUNConfig{Name: name, MTU: 1400, Offload: offload})
@@ -317,15 +306,9 @@ func TestTUNDeletedUnderForwarder(t *testing.T) {
 		done := make(chan error, 1)
 		go func() { done <- fwd.Run(context.Background()) }()
 
-		link, err := h.LinkByName(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := h.LinkSetUp(link); err != nil {
-			t.Fatal(err)
-		}
+		n.LinkUp(t, name)
 		time.Sleep(50 * time.Millisecond) // let the loop block in poll
-		if err := h.LinkDel(link); err != nil {
+		if err := n.Netlink.LinkDel(n.Link(t, name)); err != nil {
 			t.Fatalf("delete %s: %v", name, err)
 		}
 		select {
@@ -344,17 +327,14 @@ func TestTUNDeletedUnderForwarder(t *testing.T) {
 // TestOpenTUNTakenName: a name another process holds, or that a device of
 // another kind has, is refused with the cause, the errno still wrapped.
 func TestOpenTUNTakenName(t *testing.T) {
-	h := enterNewNetns(t)
-	held := openTestTUN(t, h)
+	n := netnstest.Enter(t)
+	held := openTestTUN(t, n)
 	_, err := tunnel.OpenTUNConfig(tunnel.TUNConfig{Name: held.Name(), MTU: 1400, Offload: true})
 	if !errors.Is(err, unix.EBUSY) || !strings.Contains(fmt.Sprint(err), "another process has the device open") {
 		t.Errorf("opening a held TUN: %v", err)
 	}
 	name := tunName()
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: name + "p"}
-	if err := h.LinkAdd(veth); err != nil {
-		t.Fatal(err)
-	}
+	netnstest.Veth{A: netnstest.End{NS: n, Name: name}, B: netnstest.End{NS: n, Name: name + "p"}, Down: true}.Add(t)
 	_, err = tunnel.OpenTUNConfig(tunnel.TUNConfig{Name: name, MTU: 1400})
 	if !errors.Is(err, unix.EINVAL) || !strings.Contains(fmt.Sprint(err), "exists and is not a TUN: delete it with `ip link del "+name+"`") {
 		t.Errorf("opening a veth's name: %v", err)

@@ -3,10 +3,8 @@ package tunnel_test
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -15,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/netnstest"
 	"github.com/weft-net/weft/tunnel"
 	"github.com/weft-net/weft/tunnel/tuntest"
 )
@@ -27,41 +25,17 @@ import (
 // device coalesces. The test plays the far end of the TCP connection in
 // user space, with packets built and checked by the reference helpers.
 
-// offloadTUN opens a TUN with offloads in the test's namespace, set up as
-// openTestTUN does (198.19.1.0/32 on it, 198.19.2.0/24 routed to it).
-func offloadTUN(t *testing.T, h *netlink.Handle, logs *bytes.Buffer) tunnel.Device {
+// offloadTUN opens a TUN with offloads in the test's namespace n, set up
+// with setUpTUN.
+func offloadTUN(t *testing.T, n *netnstest.NS, logs *bytes.Buffer) tunnel.Device {
 	name := tunName()
 	dev, err := tunnel.OpenTUNConfig(tunnel.TUNConfig{Name: name, MTU: 1400, Offload: true,
 		Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
-	setUpTUN(t, h, dev)
+	setUpTUN(t, n, dev)
 	return dev
-}
-
-func setUpTUN(t *testing.T, h *netlink.Handle, dev tunnel.Device) {
-	t.Cleanup(func() { dev.Close() })
-	link, err := h.LinkByName(dev.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, _ := netlink.ParseAddr("198.19.1.0/32")
-	if err := h.AddrAdd(link, addr); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetMTU(link, dev.MTU()); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetUp(link); err != nil {
-		t.Fatal(err)
-	}
-	_, dst, _ := net.ParseCIDR("198.19.2.0/24")
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
-		t.Fatal(err)
-	}
-	timer := time.AfterFunc(30*time.Second, func() { dev.Close() })
-	t.Cleanup(func() { timer.Stop() })
 }
 
 func offloadState(dev tunnel.Device) tunnel.OffloadState {
@@ -169,9 +143,8 @@ func pattern(n int) []byte {
 // packets of at most the MTU, each valid with contiguous sequence numbers,
 // carrying the stream intact.
 func TestTUNOffloadReadTCP(t *testing.T) {
-	h := enterNewNetns(t)
 	var logs bytes.Buffer
-	dev := offloadTUN(t, h, &logs)
+	dev := offloadTUN(t, netnstest.Enter(t), &logs)
 	if st := offloadState(dev); !st.VnetHdr || !st.Coalescing || st.Fallbacks != 0 {
 		t.Fatalf("offloads not on: %+v\n%s", st, logs.String())
 	}
@@ -269,9 +242,8 @@ func TestTUNOffloadReadTCP(t *testing.T) {
 // kernel hand the device a UDP (USO) super-packet where it has USO; Read
 // must return the datagrams one by one, each a valid packet.
 func TestTUNOffloadReadUDPGSO(t *testing.T) {
-	h := enterNewNetns(t)
 	var logs bytes.Buffer
-	dev := offloadTUN(t, h, &logs)
+	dev := offloadTUN(t, netnstest.Enter(t), &logs)
 	if !offloadState(dev).USO {
 		t.Skip("the kernel has no USO for TUN (Linux < 6.2)")
 	}
@@ -335,7 +307,7 @@ func fixTCPChecksum(p []byte) {
 // kernel must accept them (no checksum errors, everything acknowledged)
 // and the listener read the stream intact. Both checksum modes run.
 func TestTUNOffloadWriteTCP(t *testing.T) {
-	h := enterNewNetns(t)
+	n := netnstest.Enter(t)
 	errsBefore := tcpInCsumErrors(t)
 	for i, verify := range []bool{false, true} {
 		var logs bytes.Buffer
@@ -345,7 +317,7 @@ func TestTUNOffloadWriteTCP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		setUpTUN(t, h, dev)
+		setUpTUN(t, n, dev)
 		writeStream(t, dev, uint16(5300+i))
 		st := offloadState(dev)
 		if st.SuperWrites == 0 || st.Coalesced < 2*st.SuperWrites || !st.Coalescing || st.Fallbacks != 0 {
@@ -359,38 +331,47 @@ func TestTUNOffloadWriteTCP(t *testing.T) {
 	}
 }
 
-func writeStream(t *testing.T, dev tunnel.Device, port uint16) {
+// receiveStream listens on addr:port in the thread's namespace and sends
+// on received what the first connection brings, up to want bytes (nil if
+// the accept fails). The listener closes when the test ends.
+func receiveStream(t *testing.T, addr [4]byte, port uint16, want int) (ln int, received <-chan []byte) {
+	t.Helper()
 	ln, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Close(ln)
-	if err := unix.Bind(ln, &unix.SockaddrInet4{Port: int(port), Addr: tunAddr4}); err != nil {
+	t.Cleanup(func() { unix.Close(ln) })
+	if err := unix.Bind(ln, &unix.SockaddrInet4{Port: int(port), Addr: addr}); err != nil {
 		t.Fatal(err)
 	}
 	if err := unix.Listen(ln, 1); err != nil {
 		t.Fatal(err)
 	}
-	data := pattern(4 << 20)
-	received := make(chan []byte, 1)
+	ch := make(chan []byte, 1)
 	go func() {
 		c, _, err := unix.Accept(ln)
 		if err != nil {
-			received <- nil
+			ch <- nil
 			return
 		}
 		defer unix.Close(c)
-		got := make([]byte, 0, len(data))
+		got := make([]byte, 0, want)
 		buf := make([]byte, 256<<10)
-		for len(got) < len(data) {
+		for len(got) < want {
 			n, err := unix.Read(c, buf)
 			if err != nil || n == 0 {
 				break
 			}
 			got = append(got, buf[:n]...)
 		}
-		received <- got
+		ch <- got
 	}()
+	return ln, ch
+}
+
+func writeStream(t *testing.T, dev tunnel.Device, port uint16) {
+	data := pattern(4 << 20)
+	_, received := receiveStream(t, tunAddr4, port, len(data))
 
 	const clientPort, isn, mss = 40001, 77_000, 1360
 	r := newTUNReader(dev)
@@ -473,14 +454,14 @@ func writeStream(t *testing.T, dev tunnel.Device, port uint16) {
 // TestTUNOffloadRefusedAtStart: a kernel refusing TUNSETOFFLOAD gets the
 // plain device, which works, says so, and counts the fallback.
 func TestTUNOffloadRefusedAtStart(t *testing.T) {
-	h := enterNewNetns(t)
+	n := netnstest.Enter(t)
 	var logs bytes.Buffer
 	dev, err := tunnel.OpenTUNRefusingOffloads(tunnel.TUNConfig{Name: tunName(), MTU: 1400, Offload: true,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil))}, unix.EINVAL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	setUpTUN(t, h, dev)
+	setUpTUN(t, n, dev)
 	if st := offloadState(dev); st.VnetHdr || st.Coalescing || st.Fallbacks != 1 {
 		t.Errorf("state %+v", st)
 	}
@@ -512,53 +493,17 @@ func TestTUNOffloadRefusedAtStart(t *testing.T) {
 // TestTUNOffloadAllocs: with offloads, a Write and the Reads bringing the
 // answer back allocate nothing.
 func TestTUNOffloadAllocs(t *testing.T) {
-	h := enterNewNetns(t)
 	var logs bytes.Buffer
-	dev := offloadTUN(t, h, &logs)
-	r := newTUNReader(dev)
-	ping := append(make([]byte, 16), tuntest.IPv4ICMPEcho(farAddr, tunAddr, 77, 6, nil)...)
-	match := isEchoReply(6)
-	pings := [][]byte{ping}
-	var failed error
-	allocs := testing.AllocsPerRun(100, func() {
-		if _, err := dev.Write(pings, 16); err != nil {
-			failed = err
-			return
-		}
-		if _, err := r.until(match); err != nil {
-			failed = err
-		}
-	})
-	if failed != nil {
-		t.Fatal(failed)
-	}
-	if allocs != 0 {
+	dev := offloadTUN(t, netnstest.Enter(t), &logs)
+	if allocs := echoAllocs(t, dev, 6); allocs != 0 {
 		t.Errorf("TUN write + read with offloads allocates %.1f times", allocs)
 	}
 }
 
 // TestTUNOffloadCloseWakesRead: Close wakes a Read blocked in poll.
 func TestTUNOffloadCloseWakesRead(t *testing.T) {
-	h := enterNewNetns(t)
 	var logs bytes.Buffer
-	dev := offloadTUN(t, h, &logs)
-	done := make(chan error, 1)
-	go func() {
-		_, err := newTUNReader(dev).until(func([]byte) bool { return false })
-		done <- err
-	}()
-	time.Sleep(50 * time.Millisecond)
-	if err := dev.Close(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-done:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Errorf("Read after Close: %v", err)
-		}
-	case <-time.After(time.Second):
-		t.Fatal("Read still blocked 1s after Close")
-	}
+	checkCloseWakesRead(t, offloadTUN(t, netnstest.Enter(t), &logs))
 }
 
 // checkingConn verifies every datagram its Conn receives, before the
@@ -635,46 +580,26 @@ type tunNode struct {
 	logs bytes.Buffer
 }
 
-// openTUNNode opens a TUN (with or without offloads) in the namespace the
-// thread is in, addressed addr/32 with route routed through it.
-func openTUNNode(t *testing.T, offload bool, addr, routed string) *tunNode {
-	n := &tunNode{}
-	dev, err := tunnel.OpenTUNConfig(tunnel.TUNConfig{Name: tunName(), MTU: 1472, Offload: offload,
-		Logger: slog.New(slog.NewTextHandler(&n.logs, nil))})
+// openTUNNode opens a TUN (with or without offloads) in n, addressed
+// addr/32 with route routed through it.
+func openTUNNode(t *testing.T, n *netnstest.NS, offload bool, addr, routed string) *tunNode {
+	node := &tunNode{}
+	err := n.Do(func() (err error) {
+		node.dev, err = tunnel.OpenTUNConfig(tunnel.TUNConfig{Name: tunName(), MTU: 1472, Offload: offload,
+			Logger: slog.New(slog.NewTextHandler(&node.logs, nil))})
+		return err
+	})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("open tun in netns %s: %v", n.Name, err)
 	}
-	n.dev = dev
-	h, err := netlink.NewHandle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	link, err := h.LinkByName(dev.Name())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, _ := netlink.ParseAddr(addr + "/32")
-	_, dst, _ := net.ParseCIDR(routed)
-	if err := h.AddrAdd(link, a); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.LinkSetMTU(link, dev.MTU()); err != nil {
-		t.Fatal(err)
-	}
+	configureTUN(t, n, node.dev, addr, routed)
 	if offload {
 		// As the daemon does: one super-packet is one GSO message.
-		if err := h.LinkSetGSOMaxSegs(link, tunnel.GSOSegments(dev.MTU())); err != nil {
-			t.Fatal(err)
+		if err := n.Netlink.LinkSetGSOMaxSegs(n.Link(t, node.dev.Name()), tunnel.GSOSegments(node.dev.MTU())); err != nil {
+			t.Fatalf("set gso_max_segs of %s: %v", node.dev.Name(), err)
 		}
 	}
-	if err := h.LinkSetUp(link); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.RouteAdd(&netlink.Route{LinkIndex: link.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return node
 }
 
 // TestForwardTCPThroughOffloadTUNs runs two weft data paths in two
@@ -702,13 +627,10 @@ func forwardingTUNs(t *testing.T, offloadA, offloadB, split bool) (p *vethPair, 
 	p = newVethPair(t, 1500)
 	checkLeaks(t)
 	subA, subB := netip.MustParsePrefix("198.19.1.0/24"), netip.MustParsePrefix("198.19.2.0/24")
-	a = openTUNNode(t, offloadA, "198.19.1.1", "198.19.2.0/24")
+	a = openTUNNode(t, p.a, offloadA, "198.19.1.1", "198.19.2.0/24")
 	a.conn = &checkingConn{Conn: p.listenA(t, true, true)}
-	p.inB(t, func() { b = openTUNNode(t, offloadB, "198.19.2.1", "198.19.1.0/24") })
+	b = openTUNNode(t, p.b, offloadB, "198.19.2.1", "198.19.1.0/24")
 	b.conn = &checkingConn{Conn: p.listenB(t, true, true)}
-	for _, n := range []*tunNode{a, b} {
-		t.Cleanup(func() { n.dev.Close() })
-	}
 
 	fwdA := tunnel.NewForwarder(tunnel.Config{Device: a.dev, Conn: a.conn, Port: b.conn.LocalAddr().Port(), SplitDirections: split})
 	fwdA.SetPeers(tunnel.NewTable(subA, []tunnel.Peer{{Subnet: subB, Addr: underlayB}}))
@@ -723,20 +645,10 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
 
 	// The listener lives in B, the client in A; sockets belong to the
 	// namespace they were made in, so the goroutines may run anywhere.
+	data := pattern(64 << 20)
 	var ln int
-	p.inB(t, func() {
-		var err error
-		if ln, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Bind(ln, &unix.SockaddrInet4{Port: 5201, Addr: [4]byte{198, 19, 2, 1}}); err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Listen(ln, 1); err != nil {
-			t.Fatal(err)
-		}
-	})
-	defer unix.Close(ln)
+	var received <-chan []byte
+	p.inB(t, func() { ln, received = receiveStream(t, [4]byte{198, 19, 2, 1}, 5201, len(data)) })
 	client, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -746,26 +658,6 @@ func testForwardTCPThroughTUNs(t *testing.T, offloadA, offloadB, split bool) {
 	timer := time.AfterFunc(30*time.Second, func() { _ = unix.Shutdown(client, unix.SHUT_RDWR); _ = unix.Shutdown(ln, unix.SHUT_RDWR) })
 	defer timer.Stop()
 
-	data := pattern(64 << 20)
-	received := make(chan []byte, 1)
-	go func() {
-		c, _, err := unix.Accept(ln)
-		if err != nil {
-			received <- nil
-			return
-		}
-		defer unix.Close(c)
-		got := make([]byte, 0, len(data))
-		buf := make([]byte, 256<<10)
-		for len(got) < len(data) {
-			n, err := unix.Read(c, buf)
-			if err != nil || n == 0 {
-				break
-			}
-			got = append(got, buf[:n]...)
-		}
-		received <- got
-	}()
 	start := time.Now()
 	if err := unix.Connect(client, &unix.SockaddrInet4{Port: 5201, Addr: [4]byte{198, 19, 2, 1}}); err != nil {
 		t.Fatalf("connect through the tunnel: %v", err)

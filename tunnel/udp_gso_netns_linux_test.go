@@ -3,18 +3,14 @@ package tunnel_test
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"net/netip"
-	"os"
-	"runtime"
 	"testing"
 	"time"
 	"unsafe"
 
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/internal/netnstest"
 	"github.com/weft-net/weft/tunnel"
 	"github.com/weft-net/weft/tunnel/tuntest"
 )
@@ -30,90 +26,30 @@ var (
 )
 
 // vethPair is two namespaces joined by a veth pair: the test goroutine
-// runs in A, with devA; devB lives in B.
+// runs in a, with devA; devB lives in b.
 type vethPair struct {
-	nsA, nsB   netns.NsHandle
+	a, b       *netnstest.NS
 	devA, devB string
 }
 
 // newVethPair makes the pair with the given MTU, addresses underlayA and
-// underlayB on a /24, both ends up. The test goroutine stays locked in A
-// until the test ends; its thread dies with it, and both namespaces and
-// the pair with their last thread and fd.
+// underlayB on a /24, both ends up, and moves the test goroutine into a
+// for the rest of the test.
 func newVethPair(t *testing.T, mtu int) *vethPair {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces joined by a veth pair")
-	}
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Fatalf("unshare network namespace: %v", err)
-	}
-	nsA, err := netns.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nsA.Close() })
-	nsB, err := netns.New() // moves the thread into B
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nsB.Close() })
-	if err := netns.Set(nsA); err != nil {
-		t.Fatal(err)
-	}
-	n := tunSeq.Add(1)
-	p := &vethPair{nsA: nsA, nsB: nsB,
-		devA: fmt.Sprintf("wga%d-%d", os.Getpid()%100000, n), devB: fmt.Sprintf("wgb%d-%d", os.Getpid()%100000, n)}
-	hA, err := netlink.NewHandle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(hA.Close)
-	hB, err := netlink.NewHandleAt(nsB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(hB.Close)
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: p.devA, MTU: mtu}, PeerName: p.devB,
-		PeerNamespace: netlink.NsFd(nsB)}
-	if err := hA.LinkAdd(veth); err != nil {
-		t.Fatalf("add veth: %v", err)
-	}
-	for _, end := range []struct {
-		h    *netlink.Handle
-		dev  string
-		addr netip.Addr
-	}{{hA, p.devA, underlayA}, {hB, p.devB, underlayB}} {
-		link, err := end.h.LinkByName(end.dev)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := end.h.LinkSetMTU(link, mtu); err != nil {
-			t.Fatal(err)
-		}
-		addr, _ := netlink.ParseAddr(end.addr.String() + "/24")
-		if err := end.h.AddrAdd(link, addr); err != nil {
-			t.Fatal(err)
-		}
-		if err := end.h.LinkSetUp(link); err != nil {
-			t.Fatal(err)
-		}
-	}
+	p := &vethPair{a: netnstest.Enter(t), b: netnstest.New(t), devA: "wga", devB: "wgb"}
+	netnstest.Veth{MTU: mtu,
+		A: netnstest.End{NS: p.a, Name: p.devA, Addr: underlayA.String() + "/24"},
+		B: netnstest.End{NS: p.b, Name: p.devB, Addr: underlayB.String() + "/24"}}.Add(t)
 	return p
 }
 
-// inB runs f in namespace B on the test's thread.
+// inB runs f in namespace b on the test's goroutine, so f may call
+// t.Fatal.
 func (p *vethPair) inB(t *testing.T, f func()) {
 	t.Helper()
-	if err := netns.Set(p.nsB); err != nil {
+	if err := p.b.Do(func() error { f(); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
-		if err := netns.Set(p.nsA); err != nil {
-			panic(err) // the thread is locked and dies with the test anyway
-		}
-	}()
-	f()
 }
 
 // listenA and listenB open Conns on each end, port chosen by the kernel.

@@ -244,7 +244,7 @@ func TestFaultEtcdOutage(t *testing.T) {
 		// how much. n3 may or may not be there yet.
 		for {
 			// By n2's address: n3 may have taken the freed subnet.
-			if s, err := l.Status(i); err == nil && !s.hasPeerAt(sub[2], l.Node(2).Addr) {
+			if s, err := l.Status(i); err == nil && !s.HasPeerAt(sub[2], l.Node(2).Addr) {
 				break
 			}
 			if time.Since(up) > 10*time.Second {
@@ -1072,16 +1072,6 @@ func TestFaultInvalidConfig(t *testing.T) {
 	if leases, err := l.Leases(t.Context()); err != nil || len(leases) != 0 {
 		t.Errorf("leases after invalid configs: %+v, %v; want none", leases, err)
 	}
-}
-
-// hasPeerAt reports whether the status lists subnet as a peer at addr.
-func (s *Status) hasPeerAt(subnet netip.Prefix, addr netip.Addr) bool {
-	for _, p := range s.Peers {
-		if p.Subnet == subnet && p.PublicIP == addr {
-			return true
-		}
-	}
-	return false
 }
 
 func TestParseVmRSS(t *testing.T) {

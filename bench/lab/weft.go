@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/weft-net/weft/status"
 )
 
 // ErrNotRunning: the node has no daemon running.
@@ -379,57 +381,11 @@ func ParseSubnetEnv(r io.Reader) (map[string]string, error) {
 	return env, nil
 }
 
-// Status is the daemon's /status document.
-type Status struct {
-	Ready    bool         `json:"ready"`
-	Lease    *StatusLease `json:"lease"`
-	Device   string       `json:"device"`
-	MTU      int          `json:"mtu"`
-	Peers    []StatusPeer `json:"peers"`
-	Counters Counters     `json:"counters"`
-}
+// Status is the daemon's /status document, as package status defines it.
+type Status = status.Status
 
-// StatusLease is the daemon's own lease.
-type StatusLease struct {
-	Subnet     netip.Prefix `json:"subnet"`
-	PublicIP   netip.Addr   `json:"publicIP"`
-	Expiration time.Time    `json:"expiration"`
-	Reserved   bool         `json:"reserved"`
-}
-
-// StatusPeer is one peer in the daemon's forwarding table.
-type StatusPeer struct {
-	Subnet   netip.Prefix `json:"subnet"`
-	PublicIP netip.Addr   `json:"publicIP"`
-}
-
-// Counters are the data path counters.
-type Counters struct {
-	TxPackets uint64            `json:"txPackets"`
-	TxBytes   uint64            `json:"txBytes"`
-	RxPackets uint64            `json:"rxPackets"`
-	RxBytes   uint64            `json:"rxBytes"`
-	Drops     map[string]uint64 `json:"drops"`
-}
-
-// DropTotal sums every drop reason.
-func (c Counters) DropTotal() uint64 {
-	var t uint64
-	for _, v := range c.Drops {
-		t += v
-	}
-	return t
-}
-
-// HasPeer reports whether the status lists subnet as a peer.
-func (s *Status) HasPeer(subnet netip.Prefix) bool {
-	for _, p := range s.Peers {
-		if p.Subnet == subnet {
-			return true
-		}
-	}
-	return false
-}
+// Counters are the data path counters in a Status.
+type Counters = status.Counters
 
 // Status fetches and decodes node i's /status.
 func (l *Lab) Status(i int) (*Status, error) {

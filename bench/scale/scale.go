@@ -17,6 +17,7 @@ import (
 
 	"github.com/weft-net/weft/bench/lab"
 	"github.com/weft-net/weft/bench/suite"
+	"github.com/weft-net/weft/status"
 )
 
 // Network and SubnetLen: small subnets, so that 5,000 leases fit in the
@@ -371,22 +372,10 @@ func churn(ctx context.Context, sm *sims, rate float64, d time.Duration) ([]op, 
 	return ops, nil
 }
 
-// tableStatus is the part of a daemon's /status?peers=0 the harness reads.
-type tableStatus struct {
-	PeerTable struct {
-		Peers            int     `json:"peers"`
-		Revision         int64   `json:"revision"`
-		Updates          uint64  `json:"updates"`
-		UpdateSeconds    float64 `json:"updateSeconds"`
-		MaxUpdateSeconds float64 `json:"maxUpdateSeconds"`
-	} `json:"peerTable"`
-	Etcd struct {
-		Requests map[string]uint64 `json:"requests"`
-	} `json:"etcd"`
-}
-
-func readStatus(ctx context.Context, l *lab.Lab, i int) (*tableStatus, error) {
-	var s tableStatus
+// readStatus reads a daemon's /status without the per-peer list, which
+// at thousands of leases is most of the document.
+func readStatus(ctx context.Context, l *lab.Lab, i int) (*status.Status, error) {
+	var s status.Status
 	if err := l.GetJSON(ctx, i, "/status?peers=0", &s); err != nil {
 		return nil, err
 	}
@@ -419,7 +408,7 @@ func startPollers(l *lab.Lab, every time.Duration) *pollers {
 			t := time.NewTicker(every)
 			defer t.Stop()
 			for {
-				var s *tableStatus
+				var s *status.Status
 				err := errPaused
 				if !p.paused.Load() {
 					s, err = readStatus(ctx, l, i)

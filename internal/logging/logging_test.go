@@ -1,4 +1,4 @@
-package main
+package logging
 
 import (
 	"bytes"
@@ -49,7 +49,7 @@ func TestDedupHandlerLogsEveryStateChange(t *testing.T) {
 
 func TestLogFormats(t *testing.T) {
 	var buf bytes.Buffer
-	log, err := newLogger(&buf, "json", 1)
+	log, err := New(&buf, "json", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,13 +59,13 @@ func TestLogFormats(t *testing.T) {
 		t.Errorf("json log line %q: %v", buf.String(), err)
 	}
 	buf.Reset()
-	log, _ = newLogger(&buf, "text", 0)
+	log, _ = New(&buf, "text", 0)
 	log.Debug("hidden")
 	log.Info("shown")
 	if strings.Contains(buf.String(), "hidden") || !strings.Contains(buf.String(), "msg=shown") {
 		t.Errorf("text log at -v=0: %q", buf.String())
 	}
-	if _, err := newLogger(&buf, "xml", 0); err == nil || !strings.Contains(err.Error(), "-log-format=xml") {
+	if _, err := New(&buf, "xml", 0); err == nil || !strings.Contains(err.Error(), "-log-format=xml") {
 		t.Errorf("bad format: %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"context"
@@ -16,37 +16,34 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/weft-net/weft/firewall"
+	"github.com/weft-net/weft/status"
 )
-
-// checkFirewallFlags validates -iptables-resync before anything is leased.
-func (o *options) checkFirewallFlags() error {
-	if (o.ipMasq || o.iptablesForwardRules) && o.iptablesResync < 1 {
-		return fmt.Errorf("-iptables-resync=%d: must be at least 1 second", o.iptablesResync)
-	}
-	return nil
-}
 
 // startFirewall installs the -ip-masq and -iptables-forward-rules rules and
 // spawns their resync. As flanneld, the rules go in before subnet.env is
 // written, and they stay when weft stops (flanneld never removes its rules
 // either): pods keep their egress across a restart. With both flags off, a
 // table an earlier run left is removed.
-func (d *node) startFirewall(network, lease netip.Prefix, spawn func(string, func(context.Context) error)) error {
-	conn, err := nftables.New() // this process's namespace, a socket per call
+func (n *node) startFirewall(lease netip.Prefix, spawn func(string, func(context.Context) error)) error {
+	var opts []nftables.ConnOption // this process's namespace, a socket per call
+	if n.hooks.netns >= 0 {
+		opts = append(opts, nftables.WithNetNSFd(int(n.hooks.netns)))
+	}
+	conn, err := nftables.New(opts...)
 	if err != nil {
 		return fmt.Errorf("open nftables: %w", err)
 	}
-	return startFirewallOn(conn, d.opts, d.log, network, lease, spawn, d.health.setFirewall)
+	return startFirewallOn(conn, n.cfg.Firewall, n.log, n.netCfg.Network, lease, spawn, n.health.SetFirewall)
 }
 
 // startFirewallOn is startFirewall on conn; report, if not nil, receives the
 // rules' state after every apply (for weft status).
-func startFirewallOn(conn *nftables.Conn, o *options, log *slog.Logger, network, lease netip.Prefix,
-	spawn func(string, func(context.Context) error), report func(StatusFirewall)) error {
-	k := &firewallKeeper{conn: conn, log: log, report: report, interval: time.Duration(o.iptablesResync) * time.Second,
-		rules: firewall.Rules{Network: network, Subnet: lease, Masquerade: o.ipMasq,
-			FullyRandom: !o.ipMasqFullyRandomDisable, Forward: o.iptablesForwardRules}}
-	if !o.ipMasq && !o.iptablesForwardRules {
+func startFirewallOn(conn *nftables.Conn, fw Firewall, log *slog.Logger, network, lease netip.Prefix,
+	spawn func(string, func(context.Context) error), report func(status.Firewall)) error {
+	k := &firewallKeeper{conn: conn, log: log, report: report, interval: fw.Resync,
+		rules: firewall.Rules{Network: network, Subnet: lease, Masquerade: fw.Masquerade,
+			FullyRandom: fw.FullyRandom, Forward: fw.Forward}}
+	if !fw.Masquerade && !fw.Forward {
 		if removed, err := firewall.Apply(conn, k.rules); err != nil {
 			log.Debug("look for an earlier run's nftables table", "err", err)
 		} else if removed {
@@ -55,7 +52,7 @@ func startFirewallOn(conn *nftables.Conn, o *options, log *slog.Logger, network,
 		}
 		return nil
 	}
-	if err := k.apply(true); err != nil && o.ipMasq {
+	if err := k.apply(true); err != nil && fw.Masquerade {
 		// Without masquerading pods lose the outside world: stop, as
 		// flanneld does. Forward rules alone (the default) only warn and
 		// keep retrying, as flanneld does.
@@ -74,7 +71,7 @@ type firewallKeeper struct {
 	lastErr  string    // logged once per change
 	drops    []string  // forward chains elsewhere that drop by default, as last seen
 	checked  time.Time // when drops were last looked for
-	report   func(StatusFirewall)
+	report   func(status.Firewall)
 }
 
 // dropsCheckEvery spaces the look for other tables' drop policies: it lists
@@ -141,7 +138,7 @@ func (k *firewallKeeper) apply(first bool) error {
 
 func (k *firewallKeeper) publish(inPlace bool, lastErr string, drops []string) {
 	if k.report != nil {
-		k.report(StatusFirewall{Masquerade: k.rules.Masquerade, ForwardRules: k.rules.Forward,
+		k.report(status.Firewall{Masquerade: k.rules.Masquerade, ForwardRules: k.rules.Forward,
 			InPlace: inPlace, LastError: lastErr, ForwardDrops: drops})
 	}
 }

@@ -1,18 +1,18 @@
-package main
+package status
 
 import (
+	"maps"
 	"net/http"
 	"runtime"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-
-	"github.com/weft-net/weft/tunnel"
 )
 
 // Metrics are read at scrape time from the same snapshot as /status: the
-// data path's counters are per-direction atomics summed here, so packets
+// data path's counters are per-direction atomics summed there, so packets
 // pay nothing for being counted.
 var (
 	descBuildInfo     = prometheus.NewDesc("weft_build_info", "weft's version, commit and Go version (always 1).", []string{"version", "commit", "goversion"}, nil)
@@ -44,7 +44,7 @@ var (
 	descPeerRxBytes   = prometheus.NewDesc("weft_peer_rx_bytes_total", "Inner bytes accepted from one peer.", peerLabels, nil)
 )
 
-type collector struct{ h *health }
+type collector struct{ h *Health }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descTableRev, descTableUpdates, descTableSeconds, descEtcdRequests, descLeaseExpiry, descRenewals, descEtcdUp,
@@ -55,14 +55,17 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
-	s := c.h.statusOf(c.h.peerMetrics)
+	c.h.mu.Lock()
+	peerMetrics, build, reasons := c.h.peerMetrics, c.h.build, c.h.dropReasons
+	c.h.mu.Unlock()
+	s := c.h.Status(peerMetrics)
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
-	gauge(descBuildInfo, 1, version, commitString(), runtime.Version())
+	gauge(descBuildInfo, 1, build.Version, build.Commit, runtime.Version())
 	gauge(descReady, boolFloat(s.Ready))
 	gauge(descPeers, float64(s.PeerTable.Peers))
 	gauge(descTableRev, float64(s.PeerTable.Revision))
@@ -88,8 +91,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRxPackets, s.Counters.RxPackets)
 	counter(descRxBytes, s.Counters.RxBytes)
 	// Every reason, zeros too, so rate() works from the first scrape.
-	for r := tunnel.DropReason(1); r < tunnel.NumDropReasons; r++ {
-		counter(descDrops, s.Counters.Drops[r.String()], r.String())
+	all := append(slices.Clone(reasons), slices.Collect(maps.Keys(s.Counters.Drops))...)
+	slices.Sort(all)
+	for _, r := range slices.Compact(all) {
+		counter(descDrops, s.Counters.Drops[r], r)
 	}
 	gauge(descOffload, boolFloat(s.Offload))
 	counter(descOffloadFalls, s.Offloads.Fallbacks)
@@ -97,7 +102,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descFwInPlace, boolFloat(f.InPlace))
 		gauge(descFwDrops, float64(len(f.ForwardDrops)))
 	}
-	if c.h.peerMetrics {
+	if peerMetrics {
 		for _, p := range s.Peers {
 			sn, ip := p.Subnet.String(), p.PublicIP.String()
 			counter(descPeerTxPackets, p.TxPackets, sn, ip)
@@ -115,7 +120,7 @@ func boolFloat(b bool) float64 {
 	return 0
 }
 
-func (h *health) metricsHandler() http.Handler {
+func (h *Health) metricsHandler() http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector{h},
 		collectors.NewGoCollector(),

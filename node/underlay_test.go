@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/weft-net/weft/internal/netnstest"
 	"github.com/weft-net/weft/route"
 )
 
@@ -17,11 +18,7 @@ import (
 // within one check only warns; gone at two checks in a row, it is an
 // error that names what the interface has now.
 func TestUnderlayWatch(t *testing.T) {
-	nl, err := netlink.NewHandleAt(testNetns(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nl.Close)
+	nl := netnstest.New(t).Netlink
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "ul0"}, PeerName: "ul1"}
 	if err := nl.LinkAdd(veth); err != nil {
 		t.Fatal(err)

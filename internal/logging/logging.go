@@ -1,4 +1,6 @@
-package main
+// Package logging builds weft's logger: log/slog, text or JSON, with
+// repeats of one message in a row held back and counted.
+package logging
 
 import (
 	"context"
@@ -14,7 +16,9 @@ import (
 // line per window with a count, not one per retry.
 const repeatWindow = 30 * time.Second
 
-func newLogger(w io.Writer, format string, verbosity int) (*slog.Logger, error) {
+// New returns the logger for -log-format (text or json) and -v (0: info,
+// more: debug), writing to w.
+func New(w io.Writer, format string, verbosity int) (*slog.Logger, error) {
 	level := slog.LevelInfo
 	if verbosity > 0 {
 		level = slog.LevelDebug

@@ -1,14 +1,11 @@
-package main
+package node
 
 import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -17,48 +14,16 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/firewall"
+	"github.com/weft-net/weft/internal/netnstest"
+	"github.com/weft-net/weft/status"
 )
-
-var fwNSCounter atomic.Int64
-
-// testNetns returns a fresh network namespace that is deleted when the
-// test ends. The test goroutine never enters it.
-func testNetns(t *testing.T) netns.NsHandle {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root (CAP_NET_ADMIN) to create a network namespace; run go test as root")
-	}
-	name := fmt.Sprintf("weft-main-%d-%d", os.Getpid(), fwNSCounter.Add(1))
-	type result struct {
-		ns  netns.NsHandle
-		err error
-	}
-	ch := make(chan result)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread is discarded
-		ns, err := netns.NewNamed(name)
-		ch <- result{ns, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatalf("create netns %s: %v", name, r.err)
-	}
-	t.Cleanup(func() {
-		r.ns.Close()
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("delete netns %s: %v", name, err)
-		}
-	})
-	return r.ns
-}
 
 // fwTestConn returns an nftables conn into a fresh network namespace.
 func fwTestConn(t *testing.T) *nftables.Conn {
 	t.Helper()
-	conn, err := nftables.New(nftables.WithNetNSFd(int(testNetns(t))))
+	conn, err := nftables.New(nftables.WithNetNSFd(int(netnstest.New(t).Handle)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +71,7 @@ func TestFirewallKeeperRepairsAndKeepsRulesOnStop(t *testing.T) {
 	conn := fwTestConn(t)
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	o := &options{ipMasq: true, iptablesForwardRules: true, iptablesResync: 1}
+	o := Firewall{Masquerade: true, FullyRandom: true, Forward: true, Resync: time.Second}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -175,7 +140,7 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 	}
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
-	o := &options{iptablesForwardRules: true, iptablesResync: 1}
+	o := Firewall{Forward: true, Resync: time.Second}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	defer func() {
@@ -191,11 +156,11 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 	legacyForwardDrop = func() (bool, error) { return legacy.Load(), nil }
 	dropsCheckEvery = 0 // at every resync, so the test need not wait a minute
 	t.Cleanup(func() { legacyForwardDrop, dropsCheckEvery = firewall.LegacyForwardDrop, time.Minute })
-	h := newHealth()
-	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn, h.setFirewall); err != nil {
+	h := status.NewHealth(status.Build{})
+	if err := startFirewallOn(conn, o, log, fwNetwork, fwLease, spawn, h.SetFirewall); err != nil {
 		t.Fatalf("startFirewallOn: %v", err)
 	}
-	if f := h.status().Firewall; f == nil || !f.InPlace || f.Masquerade || !f.ForwardRules ||
+	if f := h.Status(true).Firewall; f == nil || !f.InPlace || f.Masquerade || !f.ForwardRules ||
 		!slices.Equal(f.ForwardDrops, []string{"table ip filter chain FORWARD"}) {
 		t.Errorf("status: %+v, want the rules in place and Docker's chain named", f)
 	}
@@ -224,7 +189,7 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if f := h.status().Firewall; f == nil || !f.InPlace || len(f.ForwardDrops) != 0 {
+	if f := h.Status(true).Firewall; f == nil || !f.InPlace || len(f.ForwardDrops) != 0 {
 		t.Errorf("status after the chain went: %+v, want no drops named", f)
 	}
 
@@ -236,7 +201,7 @@ func TestFirewallWarnsOfForwardDrops(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if f := h.status().Firewall; f == nil || !slices.Equal(f.ForwardDrops, []string{firewall.LegacyForwardChain}) {
+	if f := h.Status(true).Firewall; f == nil || !slices.Equal(f.ForwardDrops, []string{firewall.LegacyForwardChain}) {
 		t.Errorf("status with the legacy policy: %+v", f)
 	}
 }
@@ -248,7 +213,7 @@ func TestFirewallOffRemovesLeftover(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs syncBuffer
-	o := &options{ipMasq: false, iptablesForwardRules: false, iptablesResync: 5}
+	o := Firewall{Resync: 5 * time.Second}
 	spawn := func(name string, _ func(context.Context) error) { t.Errorf("spawned %s with both flags off", name) }
 	if err := startFirewallOn(conn, o, slog.New(slog.NewTextHandler(&logs, nil)), fwNetwork, fwLease, spawn, nil); err != nil {
 		t.Fatal(err)
@@ -274,49 +239,19 @@ func TestFirewallFailurePolicy(t *testing.T) {
 	spawned := 0
 	spawn := func(string, func(context.Context) error) { spawned++ }
 
-	h := newHealth()
-	err = startFirewallOn(conn, &options{ipMasq: true, iptablesForwardRules: true, iptablesResync: 5}, log, bad, fwLease, spawn, h.setFirewall)
-	if f := h.status().Firewall; f == nil || f.InPlace || !f.Masquerade || !f.ForwardRules || !strings.Contains(f.LastError, "-ip-masq=true") {
+	h := status.NewHealth(status.Build{})
+	err = startFirewallOn(conn, Firewall{Masquerade: true, FullyRandom: true, Forward: true, Resync: 5 * time.Second}, log, bad, fwLease, spawn, h.SetFirewall)
+	if f := h.Status(true).Firewall; f == nil || f.InPlace || !f.Masquerade || !f.ForwardRules || !strings.Contains(f.LastError, "-ip-masq=true") {
 		t.Errorf("status after the failed start: %+v, want not in place with the error", f)
 	}
 	if err == nil || !strings.Contains(err.Error(), "-ip-masq=true") || spawned != 0 {
 		t.Errorf("with -ip-masq: err %v, spawned %d; want a fatal error naming the flags", err, spawned)
 	}
-	err = startFirewallOn(conn, &options{iptablesForwardRules: true, iptablesResync: 5}, log, bad, fwLease, spawn, nil)
+	err = startFirewallOn(conn, Firewall{Forward: true, Resync: 5 * time.Second}, log, bad, fwLease, spawn, nil)
 	if err != nil || spawned != 1 {
 		t.Errorf("forward rules only: err %v, spawned %d; want no error and the retry loop", err, spawned)
 	}
 	if got := strings.Count(logs.String(), "cannot apply nftables rules"); got != 2 {
 		t.Errorf("%d warnings, want one per failing start:\n%s", got, logs.String())
-	}
-}
-
-func TestFirewallFlags(t *testing.T) {
-	for _, tc := range []struct {
-		o      options
-		errors bool
-	}{
-		{options{ipMasq: true, iptablesResync: 0}, true},
-		{options{iptablesForwardRules: true, iptablesResync: -1}, true},
-		{options{ipMasq: true, iptablesForwardRules: true, iptablesResync: 1}, false},
-		{options{iptablesResync: 0}, false}, // unused when both are off
-	} {
-		if err := tc.o.checkFirewallFlags(); (err != nil) != tc.errors {
-			t.Errorf("%+v: %v", tc.o, err)
-		}
-	}
-	// flanneld's spelling parses, and the forward rules default to on.
-	root := newRootCommand(&bytes.Buffer{}, &bytes.Buffer{})
-	if err := root.ParseFlags(normalizeArgs(root, []string{"-ip-masq", "-ip-masq-fully-random-disable", "-iptables-resync=7"})); err != nil {
-		t.Fatal(err)
-	}
-	fs := root.Flags()
-	masq, _ := fs.GetBool("ip-masq")
-	noRandom, _ := fs.GetBool("ip-masq-fully-random-disable")
-	fwd, _ := fs.GetBool("iptables-forward-rules")
-	resync, _ := fs.GetInt("iptables-resync")
-	if !masq || !noRandom || !fwd || resync != 7 {
-		t.Errorf("parsed ip-masq=%t ip-masq-fully-random-disable=%t iptables-forward-rules=%t iptables-resync=%d",
-			masq, noRandom, fwd, resync)
 	}
 }

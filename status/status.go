@@ -1,0 +1,138 @@
+// Package status is what a running weft says of itself: /healthz,
+// /readyz, /status (JSON) and /metrics (Prometheus), served on the healthz
+// listener and on the status socket. It owns the Status document, which
+// `weft status` and the lab decode, and Health, the state the node records
+// into as it runs. It reads the data planes only through their reports.
+package status
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Status is the /status document.
+type Status struct {
+	Version     string    `json:"version"`
+	Ready       bool      `json:"ready"`
+	Lease       *Lease    `json:"lease,omitempty"`
+	Renewal     *Renew    `json:"renewal,omitempty"`
+	Etcd        Etcd      `json:"etcd"`
+	Device      string    `json:"device,omitempty"`
+	MTU         int       `json:"mtu,omitempty"`
+	SourceCheck string    `json:"sourceCheck,omitempty"`
+	Offload     bool      `json:"offload"`
+	Offloads    Offloads  `json:"offloads"`
+	PeerTable   PeerTable `json:"peerTable"`
+	Firewall    *Firewall `json:"firewall,omitempty"`
+	// Peers is left out by /status?peers=0: at thousands of nodes it is
+	// most of the document.
+	Peers    []Peer   `json:"peers,omitzero"`
+	Counters Counters `json:"counters"`
+}
+
+// PeerTable describes the data path's peer table and its updates.
+type PeerTable struct {
+	Peers int `json:"peers"`
+	// Revision is the etcd revision of the newest lease change in the
+	// table: a lease written at revision R is in use once Revision ≥ R.
+	Revision          int64   `json:"revision"`
+	Updates           uint64  `json:"updates"`
+	UpdateSeconds     float64 `json:"updateSeconds"` // total time spent updating
+	LastUpdateSeconds float64 `json:"lastUpdateSeconds"`
+	MaxUpdateSeconds  float64 `json:"maxUpdateSeconds"`
+}
+
+// Firewall is the state of weft's nftables rules (-ip-masq,
+// -iptables-forward-rules); absent with both flags off.
+type Firewall struct {
+	Masquerade   bool   `json:"masquerade"`
+	ForwardRules bool   `json:"forwardRules"`
+	InPlace      bool   `json:"inPlace"` // the last apply or check succeeded
+	LastError    string `json:"lastError,omitempty"`
+	// ForwardDrops names other tables' forward chains whose policy drops
+	// what weft's accepts let through (see firewall.ForwardDrops).
+	ForwardDrops []string `json:"forwardDrops,omitzero"`
+}
+
+// Offloads says which kernel offloads the data path uses, and how often
+// the kernel refused one (weft then fell back to the plain path).
+type Offloads struct {
+	TUNVnetHdr    bool   `json:"tunVnetHdr"`
+	TUNUSO        bool   `json:"tunUSO"`
+	TUNCoalescing bool   `json:"tunCoalescing"`
+	UDPGSO        bool   `json:"udpGSO"`
+	UDPGRO        bool   `json:"udpGRO"`
+	Fallbacks     uint64 `json:"fallbacks"`
+}
+
+// Etcd is the connection to etcd and what the node did over it.
+type Etcd struct {
+	Up            bool              `json:"up"`
+	Endpoints     string            `json:"endpoints"`
+	Renewals      map[string]uint64 `json:"renewals"`
+	WatchRestarts map[string]uint64 `json:"watchRestarts"`
+	// Requests counts what this daemon sent etcd, by gRPC method.
+	Requests map[string]uint64 `json:"requests,omitempty"`
+}
+
+// Lease is this node's own lease.
+type Lease struct {
+	Subnet     netip.Prefix `json:"subnet"`
+	PublicIP   netip.Addr   `json:"publicIP"`
+	Expiration time.Time    `json:"expiration"`
+	Reserved   bool         `json:"reserved"`
+}
+
+// Renew is present while lease renewals fail.
+type Renew struct {
+	FailingSince time.Time `json:"failingSince"`
+	LastError    string    `json:"lastError"`
+}
+
+// Peer is one peer in the data path's table, with its counters.
+type Peer struct {
+	Subnet    netip.Prefix `json:"subnet"`
+	PublicIP  netip.Addr   `json:"publicIP"`
+	TxPackets uint64       `json:"txPackets"`
+	TxBytes   uint64       `json:"txBytes"`
+	RxPackets uint64       `json:"rxPackets"`
+	RxBytes   uint64       `json:"rxBytes"`
+}
+
+// Counters are the data path's traffic counters.
+type Counters struct {
+	TxPackets uint64            `json:"txPackets"`
+	TxBytes   uint64            `json:"txBytes"`
+	RxPackets uint64            `json:"rxPackets"`
+	RxBytes   uint64            `json:"rxBytes"`
+	Drops     map[string]uint64 `json:"drops"`
+}
+
+// DropTotal sums every drop reason.
+func (c Counters) DropTotal() uint64 {
+	var t uint64
+	for _, v := range c.Drops {
+		t += v
+	}
+	return t
+}
+
+// HasPeer reports whether the status lists subnet as a peer.
+func (s *Status) HasPeer(subnet netip.Prefix) bool {
+	for _, p := range s.Peers {
+		if p.Subnet == subnet {
+			return true
+		}
+	}
+	return false
+}
+
+// HasPeerAt reports whether the status lists subnet as a peer at addr.
+func (s *Status) HasPeerAt(subnet netip.Prefix, addr netip.Addr) bool {
+	for _, p := range s.Peers {
+		if p.Subnet == subnet && p.PublicIP == addr {
+			return true
+		}
+	}
+	return false
+}
