@@ -31,8 +31,9 @@ var importRules = []struct {
 	{pkg: "/subnet/subnettest", onlyStd: []string{module + "/subnet"}, direct: true},
 	{pkg: "/etcd", forbidden: []string{module + "/tunnel", module + "/route", module + "/node", module + "/status", module + "/bench",
 		"github.com/vishvananda/", "github.com/spf13/"}},
+	// firewall writes iptables only through go-iptables (flanneld's library).
 	{pkg: "/firewall", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/route", module + "/node",
-		module + "/status", module + "/bench", "go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/", "github.com/coreos/"}},
+		module + "/status", module + "/bench", "go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/", "github.com/coreos/go-systemd"}},
 	{pkg: "/route", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/node", module + "/status",
 		module + "/bench", "go.etcd.io/", "github.com/spf13/"}},
 	// status reads the data planes only through their reports.

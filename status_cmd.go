@@ -94,6 +94,9 @@ func printStatus(w io.Writer, s *status.Status, now time.Time) {
 			state = "NOT APPLIED: " + f.LastError
 		}
 		fmt.Fprintf(tw, "firewall\tmasquerade %s  forward rules %s  %s\n", onOff(f.Masquerade), onOff(f.ForwardRules), state)
+		if len(f.Joined) > 0 {
+			fmt.Fprintf(tw, "\tjoined %s (it drops by default): weft's accepts are there\n", strings.Join(f.Joined, ", "))
+		}
 		if len(f.ForwardDrops) > 0 {
 			fmt.Fprintf(tw, "\tDROPPED by default in %s: allow the network there (weft's accepts cannot)\n",
 				strings.Join(f.ForwardDrops, ", "))

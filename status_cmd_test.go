@@ -27,7 +27,8 @@ func testHealth() *status.Health {
 		return dataplane.Report{Peers: 1, Counters: dataplane.Counters{Drops: map[string]uint64{"no_route": 0}},
 			PeerTraffic: []dataplane.PeerTraffic{{Peer: dataplane.Peer{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}}}}
 	})
-	h.SetFirewall(status.Firewall{ForwardRules: true, InPlace: true, ForwardDrops: []string{"table ip filter chain FORWARD"}})
+	h.SetFirewall(status.Firewall{ForwardRules: true, InPlace: true, ForwardDrops: []string{"table inet firewalld chain filter_FORWARD"},
+		Joined: []string{"iptables-nft filter FORWARD"}})
 	h.SetReady()
 	return h
 }
@@ -47,7 +48,8 @@ func TestStatusCommandOverSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"ready", "198.19.7.0/24", "198.18.0.2", "etcd", "up", "198.19.8.0/24", "198.18.0.3", "source check strict", "drops",
-		"firewall  masquerade off  forward rules on  rules in place", "DROPPED by default in table ip filter chain FORWARD"} {
+		"firewall  masquerade off  forward rules on  rules in place", "DROPPED by default in table inet firewalld chain filter_FORWARD",
+		"joined iptables-nft filter FORWARD (it drops by default)"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status output lacks %q:\n%s", want, out.String())
 		}

@@ -28,6 +28,9 @@ func TestUnitFileVerifies(t *testing.T) {
 		"Type=notify", "After=network-online.target etcd.service", "Before=docker.service", "Restart=always",
 		"WatchdogSec=", "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW", "NoNewPrivileges=yes",
 		"ProtectSystem=strict", "ProtectHome=yes", "ExecReload=",
+		// the iptables tools' lock, for FORWARD's accepts on Docker hosts
+		"ExecStartPre=+/usr/bin/touch /run/xtables.lock", "ReadWritePaths=/run/flannel /run/weft -/run/xtables.lock",
+		"RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("unit lacks %q", want)

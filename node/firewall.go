@@ -33,16 +33,18 @@ func (n *node) startFirewall(lease netip.Prefix, spawn func(string, func(context
 	if err != nil {
 		return fmt.Errorf("open nftables: %w", err)
 	}
-	return startFirewallOn(conn, n.cfg.Firewall, n.log, n.netCfg.Network, lease, spawn, n.health.SetFirewall)
+	return startFirewallOn(conn, n.inNetns, n.cfg.Firewall, n.log, n.netCfg.Network, lease, spawn, n.health.SetFirewall)
 }
 
-// startFirewallOn is startFirewall on conn; report, if not nil, receives the
-// rules' state after every apply (for weft status).
-func startFirewallOn(conn *nftables.Conn, fw Firewall, log *slog.Logger, network, lease netip.Prefix,
+// startFirewallOn is startFirewall on conn, with do running what must run
+// in the node's namespace (the iptables tools); report, if not nil,
+// receives the rules' state after every apply (for weft status).
+func startFirewallOn(conn *nftables.Conn, do func(func() error) error, fw Firewall, log *slog.Logger, network, lease netip.Prefix,
 	spawn func(string, func(context.Context) error), report func(status.Firewall)) error {
-	k := &firewallKeeper{conn: conn, log: log, report: report, interval: fw.Resync,
+	k := &firewallKeeper{conn: conn, do: do, log: log, report: report, interval: fw.Resync,
 		rules: firewall.Rules{Network: network, Subnet: lease, Masquerade: fw.Masquerade,
-			FullyRandom: fw.FullyRandom, Forward: fw.Forward}}
+			FullyRandom: fw.FullyRandom, Forward: fw.Forward},
+		iptables: newIptablesJoiner(conn, do, network, log)}
 	if !fw.Masquerade && !fw.Forward {
 		if removed, err := firewall.Apply(conn, k.rules); err != nil {
 			log.Debug("look for an earlier run's nftables table", "err", err)
@@ -65,7 +67,9 @@ func startFirewallOn(conn *nftables.Conn, fw Firewall, log *slog.Logger, network
 // firewallKeeper keeps weft's nftables table as the flags say.
 type firewallKeeper struct {
 	conn     *nftables.Conn
+	do       func(func() error) error // runs in the node's namespace
 	rules    firewall.Rules
+	iptables *iptablesJoiner // -iptables-forward-rules where iptables' FORWARD drops by default
 	interval time.Duration
 	log      *slog.Logger
 	lastErr  string    // logged once per change
@@ -112,7 +116,7 @@ func (k *firewallKeeper) apply(first bool) error {
 			k.lastErr = msg
 			k.log.Warn("cannot apply nftables rules; retrying", "every", k.interval, "err", err)
 		}
-		k.publish(false, err.Error(), nil)
+		k.publish(false, err.Error(), nil, nil)
 		return err
 	}
 	attrs := []any{"table", "ip " + firewall.TableName, "masquerade", r.Masquerade, "forward", r.Forward,
@@ -128,52 +132,58 @@ func (k *firewallKeeper) apply(first bool) error {
 		k.log.Info("repaired nftables rules changed or removed outside weft", attrs...)
 	}
 	k.lastErr = ""
-	if r.Forward && (first || time.Since(k.checked) >= dropsCheckEvery) {
-		k.checkDrops()
-		k.checked = time.Now()
+	var joined []string
+	if r.Forward {
+		k.iptables.sync()
+		_, joined = k.iptables.joinedChains()
+		if first || time.Since(k.checked) >= dropsCheckEvery {
+			k.checkDrops()
+			k.checked = time.Now()
+		}
 	}
-	k.publish(true, "", k.drops)
+	k.publish(true, "", k.drops, joined)
 	return nil
 }
 
-func (k *firewallKeeper) publish(inPlace bool, lastErr string, drops []string) {
+func (k *firewallKeeper) publish(inPlace bool, lastErr string, drops, joined []string) {
 	if k.report != nil {
 		k.report(status.Firewall{Masquerade: k.rules.Masquerade, ForwardRules: k.rules.Forward,
-			InPlace: inPlace, LastError: lastErr, ForwardDrops: drops})
+			InPlace: inPlace, LastError: lastErr, ForwardDrops: drops, Joined: joined})
 	}
 }
 
-// legacyForwardDrop reads iptables-legacy's FORWARD policy; tests replace
-// it, since it reads the namespace of the thread that calls it.
-var legacyForwardDrop = firewall.LegacyForwardDrop
-
-// checkDrops warns when another table's forward chain drops by default:
-// weft's accepts cannot override it (see package firewall), so pod traffic
-// through this node would vanish there without a word. flanneld's iptables
-// rules sit in that very chain on such hosts; weft names the fix instead
-// of writing into a table it does not own.
+// checkDrops warns when another table's forward chain drops by default and
+// weft has not joined it (see iptablesJoiner): weft's accepts cannot
+// override it (see package firewall), so pod traffic through this node
+// would vanish there without a word. weft names the fix for chains it does
+// not write to (firewalld's own table, say).
 func (k *firewallKeeper) checkDrops() {
 	drops, err := firewall.ForwardDrops(k.conn)
 	if err != nil {
 		k.log.Debug("look for other nftables forward chains with policy drop", "err", err)
 		return // keep what was seen last
 	}
-	if legacy, err := legacyForwardDrop(); err != nil {
+	var legacy bool
+	if err := k.do(func() (err error) { legacy, err = legacyForwardDrop(); return err }); err != nil {
 		k.log.Debug("look for a FORWARD drop policy of iptables-legacy", "err", err)
 	} else if legacy {
 		drops = append(drops, firewall.LegacyForwardChain)
 	}
+	joined, _ := k.iptables.joinedChains()
+	drops = slices.DeleteFunc(drops, func(c string) bool { return slices.Contains(joined, c) })
 	if slices.Equal(drops, k.drops) {
 		return
 	}
 	k.drops = drops
 	if len(drops) == 0 {
-		k.log.Info("no other forward chain drops by default any more")
+		k.log.Info("no other forward chain drops the network by default any more")
 		return
 	}
-	network := k.rules.Network.String()
+	fixes := make([]string, len(drops))
+	for i, c := range drops {
+		fixes[i] = dropFix(c, k.rules.Network)
+	}
 	k.log.Warn("another forward chain drops by default: overlay traffic forwarded through this node "+
 		"is dropped there unless a rule in it accepts the network (weft's accepts end only its own chain)",
-		"chains", strings.Join(drops, ", "), "network", network,
-		"fix", fmt.Sprintf("iptables -I FORWARD -s %s -j ACCEPT && iptables -I FORWARD -d %s -j ACCEPT, or the same in nft", network, network))
+		"chains", strings.Join(drops, ", "), "network", k.rules.Network.String(), "fix", strings.Join(fixes, "; "))
 }

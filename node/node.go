@@ -219,9 +219,16 @@ func (n *node) spawnWorkers(spawn func(string, func(context.Context) error), lea
 
 // routeCheck re-applies the device's address, MTU and route every
 // routeResync, and at once on SIGHUP, which also re-lists the leases. It
-// fails when the underlay address has left the node (see underlayWatch).
+// fails when the underlay address has left the node (see underlayWatch),
+// and warns while the node does not forward (see forwardingWatch).
 func (n *node) routeCheck(ctx context.Context, own netip.Prefix) error {
 	var underlay underlayWatch
+	var forwarding forwardingWatch
+	readForward := func() (b []byte, err error) {
+		err = n.inNetns(func() error { b, err = os.ReadFile(ipForwardPath); return err })
+		return b, err
+	}
+	forwarding.check(readForward, n.log)
 	for {
 		reload := false
 		select {
@@ -242,6 +249,7 @@ func (n *node) routeCheck(ctx context.Context, own netip.Prefix) error {
 		if err := underlay.check(n.nl, n.iface, n.log); err != nil {
 			return err
 		}
+		forwarding.check(readForward, n.log)
 		if reload {
 			n.reloadPeers(ctx)
 		}

@@ -61,3 +61,30 @@ func (w *underlayWatch) check(nl *netlink.Handle, iface route.Iface, log *slog.L
 	return fmt.Errorf("underlay address %s is gone from the node (%s now has %s): weft's socket is bound to it and "+
 		"its lease publishes it; exiting so that the restart uses the address the interface has now", iface.Addr, iface.Name, has)
 }
+
+// ipForwardPath is read in the node's namespace: /proc/sys/net is the
+// namespace of the thread that opens it.
+const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
+
+// forwardingWatch warns once, naming the fix, while net.ipv4.ip_forward is
+// 0: the node then forwards nothing, so no traffic crosses it between the
+// overlay and its pods or containers. weft does not turn it on itself, as
+// flanneld does not: Docker, the CNI plugin or the operator own it.
+type forwardingWatch struct{ off bool }
+
+func (w *forwardingWatch) check(read func() ([]byte, error), log *slog.Logger) {
+	b, err := read()
+	if err != nil {
+		log.Debug("read "+ipForwardPath, "err", err)
+		return
+	}
+	off := strings.TrimSpace(string(b)) == "0"
+	switch {
+	case off && !w.off:
+		log.Warn("net.ipv4.ip_forward is 0: this node forwards nothing, so no overlay traffic reaches its pods or containers, nor leaves them",
+			"fix", "sysctl -w net.ipv4.ip_forward=1, and net.ipv4.ip_forward = 1 in a file under /etc/sysctl.d to keep it")
+	case !off && w.off:
+		log.Info("net.ipv4.ip_forward is 1 again: the node forwards")
+	}
+	w.off = off
+}

@@ -63,3 +63,27 @@ func TestUnderlayWatch(t *testing.T) {
 		}
 	}
 }
+
+// ip_forward off is warned of once, with the fix, and its return is logged.
+func TestForwardingWatch(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	var w forwardingWatch
+	value := "1\n"
+	read := func() ([]byte, error) { return []byte(value), nil }
+	w.check(read, log)
+	if logs.Len() != 0 {
+		t.Errorf("ip_forward 1: logged %q", logs.String())
+	}
+	value = "0\n"
+	w.check(read, log)
+	w.check(read, log)
+	if n := strings.Count(logs.String(), "net.ipv4.ip_forward is 0"); n != 1 || !strings.Contains(logs.String(), "sysctl -w net.ipv4.ip_forward=1") {
+		t.Errorf("ip_forward 0 twice: %d warnings, want one with the fix:\n%s", n, logs.String())
+	}
+	value = "1\n"
+	w.check(read, log)
+	if !strings.Contains(logs.String(), "ip_forward is 1 again") {
+		t.Errorf("return not logged:\n%s", logs.String())
+	}
+}

@@ -176,7 +176,7 @@ func (h *Health) Status(withPeers bool) Status {
 	}
 	if h.firewall != nil {
 		f := *h.firewall
-		f.ForwardDrops = slices.Clone(f.ForwardDrops)
+		f.ForwardDrops, f.Joined = slices.Clone(f.ForwardDrops), slices.Clone(f.Joined)
 		s.Firewall = &f
 	}
 	s.Counters.Drops = map[string]uint64{}

@@ -146,7 +146,8 @@ func testHealth() *Health {
 	h.SetLease(Lease{Subnet: netip.MustParsePrefix("198.19.7.0/24"), PublicIP: netip.MustParseAddr("198.18.0.2"),
 		Expiration: time.Now().Add(23 * time.Hour)})
 	setTestPeers(h, []dataplane.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
-	h.SetFirewall(Firewall{ForwardRules: true, InPlace: true, ForwardDrops: []string{"table ip filter chain FORWARD"}})
+	h.SetFirewall(Firewall{ForwardRules: true, InPlace: true, ForwardDrops: []string{"table inet firewalld chain filter_FORWARD"},
+		Joined: []string{"iptables-nft filter FORWARD"}})
 	h.SetReady()
 	return h
 }
@@ -170,6 +171,7 @@ func TestMetricsEndpoint(t *testing.T) {
 		`weft_drops_total{reason="not_local"} 0`, // named at start, absent from the plane's report
 		"weft_offload_enabled 0",
 		"weft_firewall_rules_in_place 1", "weft_firewall_forward_drop_chains 1",
+		`weft_firewall_joined_chain{chain="iptables-nft filter FORWARD"} 1`,
 		"go_goroutines", "process_resident_memory_bytes",
 		`weft_peer_tx_bytes_total{public_ip="198.18.0.3",subnet="198.19.8.0/24"} 84`,
 	} {

@@ -35,6 +35,7 @@ var (
 	descOffloadFalls  = prometheus.NewDesc("weft_offload_fallbacks_total", "Offloads the kernel refused, after which weft used the plain path.", nil, nil)
 	descFwInPlace     = prometheus.NewDesc("weft_firewall_rules_in_place", "1 while weft's nftables rules are as the flags say (absent with -ip-masq and -iptables-forward-rules off).", nil, nil)
 	descFwDrops       = prometheus.NewDesc("weft_firewall_forward_drop_chains", "Other tables' forward chains that drop by default, where overlay traffic dies unless they accept it.", nil, nil)
+	descFwJoined      = prometheus.NewDesc("weft_firewall_joined_chain", "1 for each of iptables' FORWARD chains that drops by default and holds weft's accepts for the network.", []string{"chain"}, nil)
 
 	// Per peer, only with -peer-metrics: one series per node of the cluster.
 	peerLabels        = []string{"subnet", "public_ip"}
@@ -49,7 +50,7 @@ type collector struct{ h *Health }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descTableRev, descTableUpdates, descTableSeconds, descEtcdRequests, descLeaseExpiry, descRenewals, descEtcdUp,
 		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descOffload, descOffloadFalls,
-		descFwInPlace, descFwDrops, descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
+		descFwInPlace, descFwDrops, descFwJoined, descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
 		ch <- d
 	}
 }
@@ -101,6 +102,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	if f := s.Firewall; f != nil {
 		gauge(descFwInPlace, boolFloat(f.InPlace))
 		gauge(descFwDrops, float64(len(f.ForwardDrops)))
+		for _, c := range f.Joined {
+			gauge(descFwJoined, 1, c)
+		}
 	}
 	if peerMetrics {
 		for _, p := range s.Peers {

@@ -52,6 +52,9 @@ type Firewall struct {
 	// ForwardDrops names other tables' forward chains whose policy drops
 	// what weft's accepts let through (see firewall.ForwardDrops).
 	ForwardDrops []string `json:"forwardDrops,omitzero"`
+	// Joined names iptables' FORWARD chains that drop by default and hold
+	// weft's accepts for the network ("iptables-nft filter FORWARD").
+	Joined []string `json:"joined,omitzero"`
 }
 
 // Offloads says which kernel offloads the data path uses, and how often

@@ -451,6 +451,12 @@ func (l *Lab) addNode(i int) error {
 	if err := h.RouteAdd(&netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw}); err != nil {
 		return fmt.Errorf("lab: add default route via %s in %s: %w", l.hostAddr, n.NS, err)
 	}
+	// A node forwards, as one with Docker or a CNI plugin does (a new
+	// namespace starts with forwarding off, and weft warns of it).
+	cmd := exec.Command("ip", "netns", "exec", n.NS, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("lab: turn forwarding on in %s: %w: %s", n.NS, err, trimOut(out))
+	}
 	return nil
 }
 
