@@ -5,12 +5,16 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
-# A count, not a duration: duration-based -fuzztime fails spuriously with
-# "context deadline exceeded" on go1.26 (golang/go#75804).
-FUZZTIME ?= 100000x
+# Fuzz budgets, per fuzz target: `make test` runs every fuzzer for FUZZTIME,
+# a short run (unit has already run their seed corpora); `make fuzz-long`, as
+# CI does after `make test`, for FUZZTIME_LONG. Counts, not durations:
+# duration-based -fuzztime fails spuriously with "context deadline exceeded"
+# on go1.26 (golang/go#75804).
+FUZZTIME      ?= 10000x
+FUZZTIME_LONG ?= 100000x
 PREFIX   ?= /usr/local
 
-.PHONY: all build demo soak scale test check unit fuzz microbench clean install
+.PHONY: all build demo bench soak scale test check unit fuzz fuzz-long microbench clean install
 
 all: build
 
@@ -70,19 +74,34 @@ check: $(GOLANGCI)
 	cd bench/experiments/tcfast && $(CURDIR)/$(GOLANGCI) run -c $(CURDIR)/.golangci.yml ./...
 
 # Unit, etcd and (as root) namespace end-to-end tests, with the race detector.
+# Most of their time is waiting (on daemons' timers, etcd outages, backoffs),
+# not CPU: four packages run at once and up to four of a package's parallel
+# tests (bench/lab's waiting ones), even on 2 CPUs.
+UNITFLAGS ?= -p 4 -parallel 4
 unit:
 	@if [ "$$(id -u)" = 0 ] && ! command -v ping >/dev/null; then \
 	  echo "end-to-end tests need ping: apt-get install -y iputils-ping"; exit 1; fi
-	$(GO) test -race -count=1 -timeout 20m ./...
+	$(GO) test -race -count=1 $(UNITFLAGS) -timeout 20m ./...
 
-# Every fuzz target, each for FUZZTIME executions.
+# Every fuzz target, each for FUZZTIME executions. The targets are the
+# func FuzzXxx(*testing.F) in each package's test files for this platform
+# (go list's TestGoFiles and XTestGoFiles): no test binary is built just to
+# list them. Each target still compiles and links its package once: go test
+# fuzzes one target per run.
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
-	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >/tmp/weft-fuzz.log 2>&1 || { cat /tmp/weft-fuzz.log; exit 1; }; \
+	@set -e; log=$$(mktemp); trap 'rm -f "$$log"' EXIT; n=0; mod=$$($(GO) list -m); \
+	pkgs=$$($(GO) list -f '{{.ImportPath}}{{range .TestGoFiles}} {{.}}{{end}}{{range .XTestGoFiles}} {{.}}{{end}}' ./...); \
+	echo "$$pkgs" | { while read -r pkg files; do \
+	  [ -n "$$files" ] || continue; \
+	  for f in $$(cd "./$${pkg#"$$mod"}" && sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)([A-Za-z0-9_]* *\*testing\.F).*/\1/p' $$files); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; n=$$((n+1)); \
+	    $(GO) test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg >"$$log" 2>&1 || { cat "$$log"; exit 1; }; \
 	  done; \
-	done; echo "fuzz: all targets passed"
+	done; [ $$n -gt 0 ] || { echo "fuzz: no fuzz targets found"; exit 1; }; echo "fuzz: all $$n targets passed ($(FUZZTIME) each)"; }
+
+# Every fuzz target for FUZZTIME_LONG executions (CI runs it after make test).
+fuzz-long:
+	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_LONG)
 
 # Data-path micro-benchmarks: per packet and per batch, peer lookup at
 # 10, 1,000 and 5,000 peers, with bytes/s and allocations.

@@ -795,7 +795,7 @@ func TestEtcdDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ListLeases after restart: %v", err)
 	}
-	if !s.Connected() {
+	if !waitConnected(ctx, s) {
 		t.Error("not Connected() after a successful call")
 	}
 	if len(leases) != 1 || leases[0].ID != l.ID {
@@ -819,6 +819,23 @@ func TestEtcdDown(t *testing.T) {
 	}
 }
 
+// waitConnected reports whether s says Connected, or comes to say it
+// before ctx ends, without making a request. A call can succeed a moment
+// before Connected, which reads gRPC's connection state, turns true: gRPC
+// hands its balancer's new picker to calls before it publishes the state
+// (grpc-go balancer_wrapper.go, ccBalancerWrapper.UpdateState), and on a
+// loaded machine that moment is long enough to see.
+func waitConnected(ctx context.Context, s *Store) bool {
+	for !s.Connected() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return true
+}
+
 // TestWaitConnChange: a wait on the connection ends as soon as etcd goes
 // and as soon as it is back, not on gRPC's moves that keep the verdict
 // (Ready to Idle, Connecting to TransientFailure), and otherwise when its
@@ -831,7 +848,7 @@ func TestWaitConnChange(t *testing.T) {
 	if _, err := s.GetNetworkConfig(ctx); !errors.Is(err, subnet.ErrNoConfig) {
 		t.Fatalf("GetNetworkConfig: %v, want no config", err)
 	}
-	if !s.Connected() {
+	if !waitConnected(ctx, s) {
 		t.Fatal("not Connected() after a successful call")
 	}
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)

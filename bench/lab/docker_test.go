@@ -29,6 +29,7 @@ import (
 const resync = 5 * time.Second
 
 func TestE2EDockerHost(t *testing.T) {
+	t.Parallel()
 	requireRoot(t)
 	rules, err := os.ReadFile("testdata/docker.rules")
 	if err != nil {
@@ -43,6 +44,7 @@ func TestE2EDockerHost(t *testing.T) {
 			name += "/forward-rules-off"
 		}
 		t.Run(name, func(t *testing.T) {
+			t.Parallel() // a lab each, mostly waiting for resyncs
 			for _, tool := range []string{tc.tool, tc.tool + "-restore", tc.tool + "-save"} {
 				requireTool(t, tool)
 			}

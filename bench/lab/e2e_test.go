@@ -6,6 +6,14 @@ package lab
 // fail instead. The binary is built from the module root on first use;
 // WEFT_BIN=path uses a prebuilt one, WEFT_E2E_RACE=1 builds it with the
 // race detector.
+//
+// Tests that mostly wait (on the daemon's timers, etcd's or gRPC's backoff,
+// an outage) call t.Parallel: each has a lab of its own (namespaces, an
+// underlay /24 chosen under a lock, its own etcd), and go test runs them
+// side by side once the serial tests are done. The serial ones move bulk
+// traffic or count drops (TestE2EThreeNodes, TestFaultFlood,
+// TestFaultKill9UnderTraffic) or change process-wide state
+// (TestLabUnderlay, TestLabProcesses): they run alone in this binary.
 
 import (
 	"context"
@@ -333,6 +341,7 @@ func TestE2EThreeNodes(t *testing.T) {
 
 // (b) A node keeps its subnet across SIGTERM + start and kill -9 + start.
 func TestE2ERestartKeepsSubnet(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 2})
 	startAll(t, l)
 	want := subnetOf(t, l, 0)
@@ -387,6 +396,7 @@ func TestE2ERestartKeepsSubnet(t *testing.T) {
 // (c) Deleting a node's lease removes it from the others' peers, and the
 // node itself exits non-zero.
 func TestE2ELeaseDeleted(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 3})
 	startAll(t, l)
 	var subnets [3]netip.Prefix
@@ -417,6 +427,7 @@ func TestE2ELeaseDeleted(t *testing.T) {
 // (d) A daemon started while etcd is down says so in its log and becomes
 // ready once etcd is up.
 func TestE2EEtcdDownAtStart(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 1})
 	if err := l.StopEtcd(); err != nil {
 		t.Fatal(err)
@@ -479,6 +490,7 @@ func TestE2EEtcdDownAtStart(t *testing.T) {
 // one, never the same. Several rounds, starting from scratch each time, so
 // that the random choice collides in some of them.
 func TestE2ESubnetRace(t *testing.T) {
+	t.Parallel()
 	const config = `{"Network":"198.19.0.0/16","SubnetLen":24,"SubnetMin":"198.19.1.0","SubnetMax":"198.19.2.0","Backend":{"Type":"udp"}}`
 	l := newE2ELab(t, Options{Nodes: 2, NetworkConfig: config})
 	want := map[netip.Prefix]bool{
@@ -523,6 +535,7 @@ func TestE2ESubnetRace(t *testing.T) {
 // environment. The prefix is not the default, so a daemon that ignored
 // FLANNELD_ETCD_PREFIX would never find its config.
 func TestE2EFlanneldStyle(t *testing.T) {
+	t.Parallel()
 	const prefix = "/weftlab.test/network"
 	l := newE2ELab(t, Options{Nodes: 2, Prefix: prefix})
 	n0, n1 := l.Node(0), l.Node(1)
@@ -634,6 +647,7 @@ func TestE2EMixedWithStockFlanneld(t *testing.T) {
 // is on disk (dockerd and the CNI plugin read it as soon as the unit is
 // up). The socket is a path socket, reachable from the node's namespace.
 func TestE2ESystemdNotify(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 1})
 	sock := filepath.Join(t.TempDir(), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
@@ -680,6 +694,7 @@ func TestE2ESystemdNotify(t *testing.T) {
 // route check and exits 1 at the next, naming the address the interface
 // has now, so that systemd restarts it on that one.
 func TestE2EUnderlayAddressGone(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 1})
 	if err := l.StartWeft(0); err != nil {
 		t.Fatal(err)

@@ -3,7 +3,8 @@ package lab
 // Fault-injection end-to-end tests (issue 5): etcd outages and partitions
 // under traffic, kill -9, SIGHUP, a flood of hostile datagrams, and bad
 // start-up conditions. Like e2e_test.go they run the real weft binary in
-// network namespaces as root and skip otherwise.
+// network namespaces as root and skip otherwise; the ones that mostly wait
+// run in parallel (see e2e_test.go).
 
 import (
 	"context"
@@ -152,6 +153,7 @@ func logLines(s string) int {
 // the next attempt after 18 s is most likely 3-13 s away, so the 5 s
 // budget then fails visibly instead of now and then.
 func TestFaultEtcdOutage(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 4})
 	for i := range 3 {
 		if err := l.StartWeft(i); err != nil {
@@ -345,6 +347,7 @@ func cutOff(t *testing.T, l *Lab, i int) (heal func()) {
 // deleted and a node joins; the cut-off node keeps forwarding with its old
 // table and catches up within 5 s of the partition healing.
 func TestFaultPartitionFromEtcd(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 4})
 	for i := range 3 {
 		if err := l.StartWeft(i); err != nil {
@@ -494,6 +497,7 @@ func TestFaultKill9UnderTraffic(t *testing.T) {
 // 4. SIGHUP re-applies the device address and route at once (the timer
 // would take up to 10 s), and the daemon keeps running.
 func TestFaultSIGHUP(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 2})
 	startAll(t, l)
 	waitMesh(t, l)
@@ -934,6 +938,7 @@ func TestFaultFlood(t *testing.T) {
 // 6. The UDP port is taken: weft exits non-zero at once, says the port is
 // in use, and has taken no lease.
 func TestFaultPortInUse(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 1})
 	n := l.Node(0)
 	var hold *net.UDPConn
@@ -979,6 +984,7 @@ func TestFaultPortInUse(t *testing.T) {
 // 7. No network config: weft waits, not ready, naming the exact command
 // that fixes it; once the config is there it comes up by itself.
 func TestFaultMissingConfig(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 1})
 	key := l.Prefix() + "/config"
 	if _, err := l.Client().Delete(t.Context(), key); err != nil {
@@ -1015,6 +1021,7 @@ func TestFaultMissingConfig(t *testing.T) {
 // starting, here waiting for its config, must not kill it: the signal's
 // default action is to terminate.
 func TestFaultSIGHUPBeforeReady(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 1})
 	if _, err := l.Client().Delete(t.Context(), l.Prefix()+"/config"); err != nil {
 		t.Fatal(err)
@@ -1043,6 +1050,7 @@ func TestFaultSIGHUPBeforeReady(t *testing.T) {
 // 8. An invalid network config: exit 1, and the last log line names the
 // field and its value; no lease is taken.
 func TestFaultInvalidConfig(t *testing.T) {
+	t.Parallel()
 	l := newE2ELab(t, Options{Nodes: 1})
 	for _, tc := range []struct {
 		config, field, value string
