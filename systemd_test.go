@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/weft-net/weft/internal/netnstest"
 )
 
 // TestUnitFileVerifies runs systemd-analyze verify on systemd/weft.service
@@ -47,5 +49,49 @@ func TestUnitFileVerifies(t *testing.T) {
 	out, err := exec.Command(analyze, "verify", path).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) != 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}
+
+// TestUnitXtablesLock: under ProtectSystem=strict /run is read-only, and
+// iptables-legacy -w (what go-iptables runs, on Docker hosts) fails when its
+// lock file is not there yet. The unit's ExecStartPre, run before the
+// sandbox as systemd does with "+", makes it work. /run is emulated as the
+// sandbox has it: an empty tmpfs, read-only, in a mount and network
+// namespace of the test's own.
+func TestUnitXtablesLock(t *testing.T) {
+	netnstest.SkipUnlessRoot(t)
+	for _, tool := range []string{"unshare", "iptables-legacy"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s not found (Debian: apt-get install util-linux iptables)", tool)
+			}
+			t.Skipf("skipping: needs %s", tool)
+		}
+	}
+	unit, err := os.ReadFile("systemd/weft.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pre string
+	for line := range strings.Lines(string(unit)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "ExecStartPre=+"); ok {
+			pre = v
+		}
+	}
+	if pre == "" {
+		t.Fatal("the unit has no ExecStartPre=+ for the xtables lock")
+	}
+	ns := netnstest.New(t)
+	sandbox := func(before string) (string, error) {
+		script := "mount --make-rprivate / && mount -t tmpfs none /run && " + before +
+			" mount -o remount,ro /run && iptables-legacy -w 5 -S FORWARD"
+		out, err := exec.Command("ip", "netns", "exec", ns.Name, "unshare", "--mount", "sh", "-c", script).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := sandbox(""); err == nil || !strings.Contains(out, "xtables.lock") {
+		t.Errorf("without ExecStartPre: %v\n%s\nwant iptables-legacy to fail on its lock: the test shows nothing", err, out)
+	}
+	if out, err := sandbox(pre + " &&"); err != nil || !strings.Contains(out, "-P FORWARD") {
+		t.Errorf("with the unit's ExecStartPre (%s): %v\n%s", pre, err, out)
 	}
 }
