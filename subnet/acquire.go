@@ -49,91 +49,136 @@ type AcquireOptions struct {
 // errors are returned as they come: retrying while etcd is unreachable is
 // the caller's policy.
 func Acquire(ctx context.Context, s Store, o AcquireOptions) (Lease, error) {
-	if o.Config == nil {
-		return Lease{}, errors.New("acquire subnet: no network config")
+	a, err := newAcquirer(s, o)
+	if err != nil {
+		return Lease{}, err
 	}
-	if !o.Attrs.PublicIP.Is4() {
-		return Lease{}, fmt.Errorf("acquire subnet: PublicIP %q: not an IPv4 address", o.Attrs.PublicIP)
-	}
-	cfg, log := o.Config, o.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	ttl := o.TTL
-	if ttl <= 0 {
-		ttl = LeaseTTL
-	}
-	rng := o.Rand
-	if rng == nil {
-		rng = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
-	}
-	me := o.Attrs.PublicIP
-
-	// Subnets we lost a race for: someone holds them even if a later list
-	// (read before their create) does not show it yet.
-	lost := make(map[netip.Prefix]bool)
 	for range acquireAttempts {
-		if err := ctx.Err(); err != nil {
-			return Lease{}, fmt.Errorf("acquire subnet: %w", err)
-		}
-		leases, _, err := s.ListLeases(ctx)
-		if err != nil {
-			return Lease{}, fmt.Errorf("acquire subnet: list leases: %w", err)
-		}
-		// Deterministic order, so that with several leases of ours the same
-		// one wins every time.
-		sortLeases(leases)
-		held := make(map[netip.Prefix]Lease, len(leases))
-		for _, l := range leases {
-			held[l.Subnet] = l
-		}
-
-		// 1. Our own lease, found by PublicIP.
-		for _, l := range leases {
-			if l.Attrs.PublicIP != me {
-				continue
-			}
-			if !cfg.InRange(l.Subnet) {
-				log.Warn("ignoring lease of this node outside the configured range",
-					"subnet", l.Subnet, "public_ip", me, "range", cfg.RangeString())
-				continue
-			}
-			if l.Reserved() {
-				log.Info("subnet acquired", "subnet", l.Subnet, "reason", "reservation for this PublicIP", "public_ip", me)
-				return l, nil
-			}
-			r, err := s.RenewLease(ctx, l)
-			if err == nil {
-				log.Info("subnet acquired", "subnet", r.Subnet, "reason", "reused by PublicIP",
-					"public_ip", me, "lease_id", r.ID, "expires", r.Expiration)
-				return r, nil
-			}
-			if !errors.Is(err, ErrLeaseNotFound) {
-				return Lease{}, fmt.Errorf("acquire subnet: renew lease %s: %w", l.Subnet, err)
-			}
-			// It expired or was deleted since the list: it is free now, and
-			// usually also the Previous subnet, so step 2 can take it back.
-			log.Info("lease of this node vanished while renewing it", "subnet", l.Subnet, "public_ip", me)
-			delete(held, l.Subnet)
-		}
-
-		subnet, reason, err := choose(cfg, o.Previous, held, lost, rng, log)
+		l, done, err := a.attempt(ctx)
 		if err != nil {
 			return Lease{}, err
 		}
-		l, err := s.CreateLease(ctx, subnet, o.Attrs, ttl)
-		if err == nil {
-			log.Info("subnet acquired", "subnet", l.Subnet, "reason", reason,
-				"public_ip", me, "lease_id", l.ID, "expires", l.Expiration)
+		if done {
 			return l, nil
 		}
-		if !errors.Is(err, ErrLeaseTaken) {
-			return Lease{}, fmt.Errorf("acquire subnet: create lease %s: %w", subnet, err)
-		}
-		log.Info("lost the race for a subnet, trying another", "subnet", subnet)
-		lost[subnet] = true
 	}
-	return Lease{}, fmt.Errorf("acquire subnet: lost the creation race %d times in a row in %s; giving up", acquireAttempts, cfg.RangeString())
+	return Lease{}, fmt.Errorf("acquire subnet: lost the creation race %d times in a row in %s; giving up", acquireAttempts, a.cfg.RangeString())
+}
+
+// acquirer is one Acquire call: its options with the defaults filled in,
+// and what it learnt across attempts.
+type acquirer struct {
+	s        Store
+	cfg      *Config
+	log      *slog.Logger
+	attrs    Attrs
+	me       netip.Addr // attrs.PublicIP
+	previous netip.Prefix
+	ttl      time.Duration
+	rng      *rand.Rand
+	// lost are the subnets we lost a race for: someone holds them even if
+	// a later list (read before their create) does not show it yet.
+	lost map[netip.Prefix]bool
+}
+
+// newAcquirer checks o and fills in its defaults.
+func newAcquirer(s Store, o AcquireOptions) (*acquirer, error) {
+	if o.Config == nil {
+		return nil, errors.New("acquire subnet: no network config")
+	}
+	if !o.Attrs.PublicIP.Is4() {
+		return nil, fmt.Errorf("acquire subnet: PublicIP %q: not an IPv4 address", o.Attrs.PublicIP)
+	}
+	a := &acquirer{s: s, cfg: o.Config, log: o.Logger, attrs: o.Attrs, me: o.Attrs.PublicIP,
+		previous: o.Previous, ttl: o.TTL, rng: o.Rand, lost: make(map[netip.Prefix]bool)}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.ttl <= 0 {
+		a.ttl = LeaseTTL
+	}
+	if a.rng == nil {
+		a.rng = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	return a, nil
+}
+
+// attempt is one pass over the current leases: it reports done with the
+// lease acquired, or not done after losing a creation race.
+func (a *acquirer) attempt(ctx context.Context) (Lease, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return Lease{}, false, fmt.Errorf("acquire subnet: %w", err)
+	}
+	leases, _, err := a.s.ListLeases(ctx)
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("acquire subnet: list leases: %w", err)
+	}
+	// Deterministic order, so that with several leases of ours the same
+	// one wins every time.
+	sortLeases(leases)
+	held := make(map[netip.Prefix]Lease, len(leases))
+	for _, l := range leases {
+		held[l.Subnet] = l
+	}
+	if l, ok, err := a.reuseOwn(ctx, leases, held); err != nil || ok {
+		return l, ok, err
+	}
+	return a.create(ctx, held)
+}
+
+// reuseOwn is step 1: our own lease, found by PublicIP. A lease of ours
+// that vanished while renewing it is deleted from held, as it is free now.
+func (a *acquirer) reuseOwn(ctx context.Context, leases []Lease, held map[netip.Prefix]Lease) (Lease, bool, error) {
+	for _, l := range leases {
+		if l.Attrs.PublicIP != a.me {
+			continue
+		}
+		if !a.cfg.InRange(l.Subnet) {
+			a.log.Warn("ignoring lease of this node outside the configured range",
+				"subnet", l.Subnet, "public_ip", a.me, "range", a.cfg.RangeString())
+			continue
+		}
+		if l.Reserved() {
+			a.log.Info("subnet acquired", "subnet", l.Subnet, "reason", "reservation for this PublicIP", "public_ip", a.me)
+			return l, true, nil
+		}
+		r, err := a.s.RenewLease(ctx, l)
+		if err == nil {
+			a.log.Info("subnet acquired", "subnet", r.Subnet, "reason", "reused by PublicIP",
+				"public_ip", a.me, "lease_id", r.ID, "expires", r.Expiration)
+			return r, true, nil
+		}
+		if !errors.Is(err, ErrLeaseNotFound) {
+			return Lease{}, false, fmt.Errorf("acquire subnet: renew lease %s: %w", l.Subnet, err)
+		}
+		// It expired or was deleted since the list: it is free now, and
+		// usually also the Previous subnet, so step 2 can take it back.
+		a.log.Info("lease of this node vanished while renewing it", "subnet", l.Subnet, "public_ip", a.me)
+		delete(held, l.Subnet)
+	}
+	return Lease{}, false, nil
+}
+
+// create is steps 2 and 3: it chooses a free subnet and creates our lease
+// there. Losing the race for it is not done, and not an error: the subnet
+// is remembered as lost and the caller tries again.
+func (a *acquirer) create(ctx context.Context, held map[netip.Prefix]Lease) (Lease, bool, error) {
+	subnet, reason, err := choose(a.cfg, a.previous, held, a.lost, a.rng, a.log)
+	if err != nil {
+		return Lease{}, false, err
+	}
+	l, err := a.s.CreateLease(ctx, subnet, a.attrs, a.ttl)
+	if err == nil {
+		a.log.Info("subnet acquired", "subnet", l.Subnet, "reason", reason,
+			"public_ip", a.me, "lease_id", l.ID, "expires", l.Expiration)
+		return l, true, nil
+	}
+	if !errors.Is(err, ErrLeaseTaken) {
+		return Lease{}, false, fmt.Errorf("acquire subnet: create lease %s: %w", subnet, err)
+	}
+	a.log.Info("lost the race for a subnet, trying another", "subnet", subnet)
+	a.lost[subnet] = true
+	return Lease{}, false, nil
 }
 
 // choose picks the subnet to create: Previous if usable, else a random one

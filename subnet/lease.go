@@ -131,23 +131,10 @@ func ParseAttrs(data []byte) (Attrs, error) {
 	}
 	seenIP := false
 	for dec.More() {
-		tok, err := dec.Token()
+		key, raw, err := nextAttrsField(dec)
 		if err != nil {
-			return Attrs{}, fmt.Errorf("parse lease attrs: %w", err)
+			return Attrs{}, err
 		}
-		key, ok := tok.(string)
-		if !ok {
-			return Attrs{}, fmt.Errorf("parse lease attrs: unexpected %v", tok)
-		}
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			return Attrs{}, fmt.Errorf("parse lease attrs: field %q: %w", key, err)
-		}
-		var compact bytes.Buffer
-		if err := json.Compact(&compact, raw); err != nil {
-			return Attrs{}, fmt.Errorf("parse lease attrs: field %q: %w", key, err)
-		}
-		raw = compact.Bytes()
 		name, known := knownField(key)
 		if !known {
 			if a.Extra == nil {
@@ -156,46 +143,10 @@ func ParseAttrs(data []byte) (Attrs, error) {
 			a.Extra[key] = raw
 			continue
 		}
-		null := string(raw) == "null"
-		switch name {
-		case fieldPublicIP:
-			s, err := jsonString(name, raw)
-			if err != nil {
-				return Attrs{}, err
-			}
-			ip, err := netip.ParseAddr(s)
-			if err != nil || !ip.Is4() {
-				return Attrs{}, fmt.Errorf("parse lease attrs: PublicIP %q: not an IPv4 address", s)
-			}
-			a.PublicIP, seenIP = ip, true
-		case fieldPublicIPv6:
-			if null {
-				a.PublicIPv6 = nil
-				continue
-			}
-			s, err := jsonString(name, raw)
-			if err != nil {
-				return Attrs{}, err
-			}
-			if err := checkIPv6(s); err != nil {
-				return Attrs{}, fmt.Errorf("parse lease attrs: %w", err)
-			}
-			a.PublicIPv6 = &s
-		case fieldBackendType:
-			if null {
-				a.BackendType = ""
-				continue
-			}
-			s, err := jsonString(name, raw)
-			if err != nil {
-				return Attrs{}, err
-			}
-			a.BackendType = s
-		case fieldBackendData:
-			a.BackendData = raw
-		case fieldBackendV6Data:
-			a.BackendV6Data = raw
+		if err := a.setKnown(name, raw); err != nil {
+			return Attrs{}, err
 		}
+		seenIP = seenIP || name == fieldPublicIP
 	}
 	if _, err := dec.Token(); err != nil { // the closing '}'
 		return Attrs{}, fmt.Errorf("parse lease attrs: %w", err)
@@ -207,6 +158,75 @@ func ParseAttrs(data []byte) (Attrs, error) {
 		return Attrs{}, errors.New("parse lease attrs: PublicIP missing")
 	}
 	return a, nil
+}
+
+// nextAttrsField reads the next member of the lease object: its key as
+// written and its value as compact JSON.
+func nextAttrsField(dec *json.Decoder) (string, json.RawMessage, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return "", nil, fmt.Errorf("parse lease attrs: %w", err)
+	}
+	key, ok := tok.(string)
+	if !ok {
+		return "", nil, fmt.Errorf("parse lease attrs: unexpected %v", tok)
+	}
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		return "", nil, fmt.Errorf("parse lease attrs: field %q: %w", key, err)
+	}
+	var compact bytes.Buffer
+	if err := json.Compact(&compact, raw); err != nil {
+		return "", nil, fmt.Errorf("parse lease attrs: field %q: %w", key, err)
+	}
+	return key, compact.Bytes(), nil
+}
+
+// setKnown sets the known field name (canonical, see knownField) from its
+// compact JSON value raw. A null clears PublicIPv6 and BackendType; the
+// backend data fields keep it as their raw value.
+func (a *Attrs) setKnown(name string, raw json.RawMessage) error {
+	null := string(raw) == "null"
+	switch name {
+	case fieldPublicIP:
+		s, err := jsonString(name, raw)
+		if err != nil {
+			return err
+		}
+		ip, err := netip.ParseAddr(s)
+		if err != nil || !ip.Is4() {
+			return fmt.Errorf("parse lease attrs: PublicIP %q: not an IPv4 address", s)
+		}
+		a.PublicIP = ip
+	case fieldPublicIPv6:
+		if null {
+			a.PublicIPv6 = nil
+			return nil
+		}
+		s, err := jsonString(name, raw)
+		if err != nil {
+			return err
+		}
+		if err := checkIPv6(s); err != nil {
+			return fmt.Errorf("parse lease attrs: %w", err)
+		}
+		a.PublicIPv6 = &s
+	case fieldBackendType:
+		if null {
+			a.BackendType = ""
+			return nil
+		}
+		s, err := jsonString(name, raw)
+		if err != nil {
+			return err
+		}
+		a.BackendType = s
+	case fieldBackendData:
+		a.BackendData = raw
+	case fieldBackendV6Data:
+		a.BackendV6Data = raw
+	}
+	return nil
 }
 
 // Equal reports whether a and b hold the same lease value, ignoring

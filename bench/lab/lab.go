@@ -149,36 +149,8 @@ var labCounter atomic.Uint32
 // 198.18.K.1 and writes the network config. On error everything already
 // created is removed again.
 func New(opts Options) (_ *Lab, err error) {
-	if opts.Nodes == 0 {
-		opts.Nodes = 3
-	}
-	if opts.Nodes < 1 || opts.Nodes > maxNodes {
-		return nil, fmt.Errorf("lab: %d nodes: want 1..%d", opts.Nodes, maxNodes)
-	}
-	if opts.MTU == 0 {
-		opts.MTU = 1500
-	}
-	if opts.MTU < 576 || opts.MTU > 65535 {
-		return nil, fmt.Errorf("lab: mtu %d: want 576..65535", opts.MTU)
-	}
-	if opts.NetworkConfig == "" {
-		opts.NetworkConfig = DefaultNetworkConfig
-	}
-	if opts.Prefix == "" {
-		opts.Prefix = DefaultPrefix
-	}
-	if opts.StopTimeout == 0 {
-		opts.StopTimeout = 10 * time.Second
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
-	}
-	if opts.WeftBin != "" {
-		abs, err := filepath.Abs(opts.WeftBin)
-		if err != nil {
-			return nil, fmt.Errorf("lab: weft binary %s: %w", opts.WeftBin, err)
-		}
-		opts.WeftBin = abs
+	if err := opts.fill(); err != nil {
+		return nil, err
 	}
 	if os.Geteuid() != 0 {
 		return nil, errors.New("lab: network namespaces need root")
@@ -187,6 +159,59 @@ func New(opts Options) (_ *Lab, err error) {
 		return nil, fmt.Errorf("lab: the ip command (iproute2) is required: %w", err)
 	}
 
+	l := newLab(opts)
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, l.Close())
+		}
+	}()
+	if err = l.setUp(); err != nil {
+		return nil, err
+	}
+	l.log.Info("lab up", "underlay", l.Underlay, "nodes", opts.Nodes, "dir", l.Dir)
+	return l, nil
+}
+
+// fill sets the defaults of zero fields, checks the ranges and makes
+// WeftBin absolute.
+func (o *Options) fill() error {
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Nodes < 1 || o.Nodes > maxNodes {
+		return fmt.Errorf("lab: %d nodes: want 1..%d", o.Nodes, maxNodes)
+	}
+	if o.MTU == 0 {
+		o.MTU = 1500
+	}
+	if o.MTU < 576 || o.MTU > 65535 {
+		return fmt.Errorf("lab: mtu %d: want 576..65535", o.MTU)
+	}
+	if o.NetworkConfig == "" {
+		o.NetworkConfig = DefaultNetworkConfig
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if o.StopTimeout == 0 {
+		o.StopTimeout = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.WeftBin != "" {
+		abs, err := filepath.Abs(o.WeftBin)
+		if err != nil {
+			return fmt.Errorf("lab: weft binary %s: %w", o.WeftBin, err)
+		}
+		o.WeftBin = abs
+	}
+	return nil
+}
+
+// newLab names a new lab and the host-side things it will create; it
+// creates nothing yet.
+func newLab(opts Options) *Lab {
 	var rnd [1]byte
 	_, _ = rand.Read(rnd[:])
 	id := fmt.Sprintf("%x-%x%02x", os.Getpid(), labCounter.Add(1)%0x1000, rnd[0])
@@ -198,43 +223,41 @@ func New(opts Options) (_ *Lab, err error) {
 		hubNSH:   netns.None(),
 	}
 	l.log = opts.Logger.With("lab", id)
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, l.Close())
-		}
-	}()
+	return l
+}
 
+// setUp does New's work: it picks the underlay, creates the lab directory
+// and the network, starts etcd and writes the network config. What it
+// leaves behind on error is for Close.
+func (l *Lab) setUp() error {
 	l.spawner = newSpawner()
 	if err := l.pickUnderlay(); err != nil {
-		return nil, err
+		return err
 	}
-	parent := opts.Dir
+	parent := l.opts.Dir
 	if parent == "" {
 		parent = os.TempDir()
 	}
-	if l.Dir, err = os.MkdirTemp(parent, "weftlab-"+id+"-"); err != nil {
-		return nil, fmt.Errorf("lab: create directory: %w", err)
+	var err error
+	if l.Dir, err = os.MkdirTemp(parent, "weftlab-"+l.ID+"-"); err != nil {
+		return fmt.Errorf("lab: create directory: %w", err)
 	}
 	if err := l.buildNetwork(); err != nil {
-		return nil, err
+		return err
 	}
 	if err := l.StartEtcd(); err != nil {
-		return nil, err
+		return err
 	}
 	cli, err := newClient(l.EtcdEndpoint())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	l.etcdMu.Lock()
 	l.client = cli
 	l.etcdMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := l.PutConfig(ctx, opts.NetworkConfig); err != nil {
-		return nil, err
-	}
-	l.log.Info("lab up", "underlay", l.Underlay, "nodes", opts.Nodes, "dir", l.Dir)
-	return l, nil
+	return l.PutConfig(ctx, l.opts.NetworkConfig)
 }
 
 // pickUnderlay chooses K: a /24 under 198.18.0.0/16 that no host address or

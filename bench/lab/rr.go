@@ -62,6 +62,26 @@ func (l *Lab) RequestResponse(ctx context.Context, from int, src netip.Addr, to 
 	}
 	// Both ends default to TCP_NODELAY in Go, so each write is a segment.
 
+	echo := echoServer(pc, size)
+	count, dur, rerr := rrClient(conn, size, d)
+	res.Duration = dur
+	res.Transactions = count
+	if rerr == nil {
+		rerr = conn.CloseWrite()
+	}
+	if rerr == nil {
+		rerr = <-echo
+	}
+	if rerr != nil {
+		return res, fmt.Errorf("lab: %s: after %d transactions: %w", what, count, errors.Join(ctx.Err(), rerr))
+	}
+	return res, nil
+}
+
+// echoServer sends every size-byte request read from pc back, in a
+// goroutine, until the client closes its write side (nil on the returned
+// channel) or a read or write fails.
+func echoServer(pc *net.TCPConn, size int) <-chan error {
 	echo := make(chan error, 1)
 	go func() {
 		buf := make([]byte, size)
@@ -79,7 +99,13 @@ func (l *Lab) RequestResponse(ctx context.Context, from int, src netip.Addr, to 
 			}
 		}
 	}()
+	return echo
+}
 
+// rrClient runs transactions of size bytes each way on conn, uncounted for
+// rrWarmup, then counted for at least d. It returns the count and how long
+// the counted ones took, up to the first error.
+func rrClient(conn *net.TCPConn, size int, d time.Duration) (count int64, took time.Duration, rerr error) {
 	req, resp := make([]byte, size), make([]byte, size)
 	one := func() error {
 		if _, err := conn.Write(req); err != nil {
@@ -88,13 +114,11 @@ func (l *Lab) RequestResponse(ctx context.Context, from int, src netip.Addr, to 
 		_, err := io.ReadFull(conn, resp)
 		return err
 	}
-	var rerr error
 	for warm := time.Now().Add(rrWarmup); time.Now().Before(warm) && rerr == nil; {
 		rerr = one()
 	}
 	start := time.Now()
 	end := start.Add(d)
-	var count int64
 	for rerr == nil {
 		if rerr = one(); rerr == nil {
 			count++
@@ -104,16 +128,5 @@ func (l *Lab) RequestResponse(ctx context.Context, from int, src netip.Addr, to 
 			}
 		}
 	}
-	res.Duration = time.Since(start)
-	res.Transactions = count
-	if rerr == nil {
-		rerr = conn.CloseWrite()
-	}
-	if rerr == nil {
-		rerr = <-echo
-	}
-	if rerr != nil {
-		return res, fmt.Errorf("lab: %s: after %d transactions: %w", what, count, errors.Join(ctx.Err(), rerr))
-	}
-	return res, nil
+	return count, time.Since(start), rerr
 }

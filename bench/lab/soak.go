@@ -424,8 +424,8 @@ func (l *Lab) Soak(ctx context.Context, o SoakOptions, onSample func(SoakSample)
 	if nn < 3 {
 		return nil, fmt.Errorf("lab: soak needs at least 3 nodes, have %d", nn)
 	}
-	churned := nn - 1
-	rep := &SoakReport{Options: o, Nodes: nn, Started: time.Now()}
+	r := &soakRun{l: l, o: o, nn: nn, churned: nn - 1,
+		rep: &SoakReport{Options: o, Nodes: nn, Started: time.Now()}}
 	pids := make([]int, nn)
 	for i := range nn {
 		if pids[i] = l.PID(i); pids[i] == 0 || !l.Pod(i).IsValid() {
@@ -439,176 +439,232 @@ func (l *Lab) Soak(ctx context.Context, o SoakOptions, onSample func(SoakSample)
 	if err != nil {
 		return nil, err
 	}
+	r.stream = stream
 	ctx, cancel := context.WithTimeout(ctx, o.Duration)
 	defer cancel()
 
-	var mu sync.Mutex // guards the counters below and events
-	var pingSent, pingLost, churnSent, churnLost int
-	var events []string
-	event := func(format string, args ...any) {
-		mu.Lock()
-		events = append(events, fmt.Sprintf("%s "+format, append([]any{time.Since(rep.Started).Round(time.Second)}, args...)...))
-		mu.Unlock()
-	}
-
 	var wg sync.WaitGroup
-	for from := range nn {
-		for to := range nn {
+	r.startPings(ctx, &wg)
+	wg.Go(func() { r.churnLoop(ctx) })
+	r.sampleLoop(ctx, onSample)
+	wg.Wait()
+	r.finish(pids)
+	return r.rep, nil
+}
+
+// soakRun is the state of one Soak: the pingers and the churner count and
+// log into it, the sampler turns that and the nodes' counters into
+// samples, and finish fills in the report once all of them have stopped.
+type soakRun struct {
+	l           *Lab
+	o           SoakOptions
+	nn, churned int
+	rep         *SoakReport
+	stream      *Stream
+
+	// mu guards the counters below, events and churnErrs: the pingers
+	// and the churner write them, the sampler takes them.
+	mu                                       sync.Mutex
+	pingSent, pingLost, churnSent, churnLost int
+	events, churnErrs                        []string
+
+	// The previous sample's readings, which the next one is a delta of.
+	prevDrops []map[string]uint64
+	prevPID   []int
+	prevSNMP  []SNMP
+	prevBytes int64
+	prevAt    time.Time
+}
+
+// event records a timestamped line for the next sample's Events.
+func (r *soakRun) event(format string, args ...any) {
+	r.mu.Lock()
+	r.events = append(r.events, fmt.Sprintf("%s "+format, append([]any{time.Since(r.rep.Started).Round(time.Second)}, args...)...))
+	r.mu.Unlock()
+}
+
+// startPings starts one pinger per ordered pair of nodes, each in wg.
+func (r *soakRun) startPings(ctx context.Context, wg *sync.WaitGroup) {
+	for from := range r.nn {
+		for to := range r.nn {
 			if from == to {
 				continue
 			}
-			wg.Go(func() {
-				tick := time.NewTicker(time.Second)
-				defer tick.Stop()
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-tick.C:
-					}
-					r, err := l.Ping(from, l.Pod(to).Addr(), 1)
-					if ctx.Err() != nil {
-						return // cut short by the end, not lost
-					}
-					ok := err == nil && r.OK()
-					mu.Lock()
-					if from == churned || to == churned {
-						churnSent++
-						if !ok {
-							churnLost++
-						}
-					} else {
-						pingSent++
-						if !ok {
-							pingLost++
-						}
-					}
-					mu.Unlock()
-				}
-			})
+			wg.Go(func() { r.pingLoop(ctx, from, to) })
 		}
 	}
+}
 
-	var churnErrs []string
-	wg.Go(func() {
-		tick := time.NewTicker(o.Churn)
-		defer tick.Stop()
-		for turn := 0; ; turn++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
+// pingLoop pings node to from node from once a second until ctx ends,
+// counting pairs that involve the churned node apart from the others.
+func (r *soakRun) pingLoop(ctx context.Context, from, to int) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		res, err := r.l.Ping(from, r.l.Pod(to).Addr(), 1)
+		if ctx.Err() != nil {
+			return // cut short by the end, not lost
+		}
+		ok := err == nil && res.OK()
+		r.mu.Lock()
+		if from == r.churned || to == r.churned {
+			r.churnSent++
+			if !ok {
+				r.churnLost++
 			}
-			if dl, ok := ctx.Deadline(); ok && time.Until(dl) < o.ChurnDown+20*time.Second {
-				return // no time left to see it come back
-			}
-			if err := l.churn(ctx, churned, turn%2 == 1, o.ChurnDown, event); err != nil && ctx.Err() == nil {
-				mu.Lock()
-				churnErrs = append(churnErrs, err.Error())
-				mu.Unlock()
+		} else {
+			r.pingSent++
+			if !ok {
+				r.pingLost++
 			}
 		}
-	})
+		r.mu.Unlock()
+	}
+}
 
-	prevDrops := make([]map[string]uint64, nn)
-	prevPID := make([]int, nn)
-	var prevSNMP []SNMP
-	snmpAll := func() []SNMP {
-		out := make([]SNMP, nn)
-		for i := range nn {
-			out[i], _ = l.SNMP(i) // nil on error: deltas read as 0
+// churnLoop churns the last node every Churn, alternating a restart that
+// keeps the lease with one that loses it, until ctx ends or too little
+// time is left to see the node come back.
+func (r *soakRun) churnLoop(ctx context.Context) {
+	tick := time.NewTicker(r.o.Churn)
+	defer tick.Stop()
+	for turn := 0; ; turn++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
-		return out
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < r.o.ChurnDown+20*time.Second {
+			return // no time left to see it come back
+		}
+		if err := r.l.churn(ctx, r.churned, turn%2 == 1, r.o.ChurnDown, r.event); err != nil && ctx.Err() == nil {
+			r.mu.Lock()
+			r.churnErrs = append(r.churnErrs, err.Error())
+			r.mu.Unlock()
+		}
 	}
-	var prevBytes int64
-	prevAt := time.Now()
-	sample := func() SoakSample {
-		now := time.Now()
-		s := SoakSample{At: now.Sub(rep.Started), Interval: now.Sub(prevAt),
-			RSS: make([]int64, nn), Drops: make([]map[string]uint64, nn)}
-		b := stream.Received()
-		s.StreamBytes, prevBytes, prevAt = b-prevBytes, b, now
-		snmp := snmpAll()
-		if prevSNMP != nil {
-			d := func(i int, proto, field string) int64 {
-				return snmp[i].Get(proto, field) - prevSNMP[i].Get(proto, field)
-			}
-			s.Retrans, s.OutSegs = d(0, "Tcp", "RetransSegs"), d(0, "Tcp", "OutSegs")
-			for i := range nn {
-				s.UDPRcvbufErrors += d(i, "Udp", "RcvbufErrors")
-			}
-		}
-		prevSNMP = snmp
-		for i := range nn {
-			s.RSS[i], _ = l.RSS(i)
-			pid := l.PID(i)
-			st, err := l.Status(i)
-			if err != nil {
-				s.Drops[i] = map[string]uint64{}
-				continue
-			}
-			// A restarted daemon starts its counters from zero.
-			restarted := pid != prevPID[i]
-			s.Drops[i] = map[string]uint64{}
-			for k, v := range st.Counters.Drops {
-				if p := prevDrops[i][k]; !restarted && v >= p {
-					v -= p
-				}
-				if v > 0 {
-					s.Drops[i][k] = v
-				}
-			}
-			prevDrops[i], prevPID[i] = st.Counters.Drops, pid
-		}
-		mu.Lock()
-		s.PingSent, s.PingLost, s.ChurnPingSent, s.ChurnPingLost = pingSent, pingLost, churnSent, churnLost
-		pingSent, pingLost, churnSent, churnLost = 0, 0, 0, 0
-		s.Events, events = events, nil
-		mu.Unlock()
-		return s
-	}
-	sample() // baseline: counters so far are the warm-up's
-	tick := time.NewTicker(o.Sample)
+}
+
+// sampleLoop takes a baseline, then a sample every Sample and a last one
+// when ctx ends, appending each to the report and handing it to onSample.
+func (r *soakRun) sampleLoop(ctx context.Context, onSample func(SoakSample)) {
+	r.prevDrops = make([]map[string]uint64, r.nn)
+	r.prevPID = make([]int, r.nn)
+	r.prevAt = time.Now()
+	r.sample() // baseline: counters so far are the warm-up's
+	tick := time.NewTicker(r.o.Sample)
 	for done := false; !done; {
 		select {
 		case <-ctx.Done():
 			done = true
 		case <-tick.C:
 		}
-		s := sample()
-		rep.Samples = append(rep.Samples, s)
+		s := r.sample()
+		r.rep.Samples = append(r.rep.Samples, s)
 		if onSample != nil {
 			onSample(s)
 		}
 	}
 	tick.Stop()
-	wg.Wait()
-	rep.Stream, rep.StreamErr = stream.Stop(30 * time.Second)
+}
+
+// sample reads every counter and returns its change since the previous
+// sample; the ping counts and events are taken and reset.
+func (r *soakRun) sample() SoakSample {
+	now := time.Now()
+	s := SoakSample{At: now.Sub(r.rep.Started), Interval: now.Sub(r.prevAt),
+		RSS: make([]int64, r.nn), Drops: make([]map[string]uint64, r.nn)}
+	b := r.stream.Received()
+	s.StreamBytes, r.prevBytes, r.prevAt = b-r.prevBytes, b, now
+	r.sampleSNMP(&s)
+	for i := range r.nn {
+		r.sampleNode(&s, i)
+	}
+	r.mu.Lock()
+	s.PingSent, s.PingLost, s.ChurnPingSent, s.ChurnPingLost = r.pingSent, r.pingLost, r.churnSent, r.churnLost
+	r.pingSent, r.pingLost, r.churnSent, r.churnLost = 0, 0, 0, 0
+	s.Events, r.events = r.events, nil
+	r.mu.Unlock()
+	return s
+}
+
+// sampleSNMP fills s's TCP and UDP deltas from every namespace's SNMP
+// counters; the first sample, with nothing to compare to, leaves them 0.
+func (r *soakRun) sampleSNMP(s *SoakSample) {
+	snmp := make([]SNMP, r.nn)
+	for i := range r.nn {
+		snmp[i], _ = r.l.SNMP(i) // nil on error: deltas read as 0
+	}
+	if r.prevSNMP != nil {
+		d := func(i int, proto, field string) int64 {
+			return snmp[i].Get(proto, field) - r.prevSNMP[i].Get(proto, field)
+		}
+		s.Retrans, s.OutSegs = d(0, "Tcp", "RetransSegs"), d(0, "Tcp", "OutSegs")
+		for i := range r.nn {
+			s.UDPRcvbufErrors += d(i, "Udp", "RcvbufErrors")
+		}
+	}
+	r.prevSNMP = snmp
+}
+
+// sampleNode fills node i's RSS and drops by reason into s.
+func (r *soakRun) sampleNode(s *SoakSample, i int) {
+	s.RSS[i], _ = r.l.RSS(i)
+	pid := r.l.PID(i)
+	st, err := r.l.Status(i)
+	if err != nil {
+		s.Drops[i] = map[string]uint64{}
+		return
+	}
+	// A restarted daemon starts its counters from zero.
+	restarted := pid != r.prevPID[i]
+	s.Drops[i] = map[string]uint64{}
+	for k, v := range st.Counters.Drops {
+		if p := r.prevDrops[i][k]; !restarted && v >= p {
+			v -= p
+		}
+		if v > 0 {
+			s.Drops[i][k] = v
+		}
+	}
+	r.prevDrops[i], r.prevPID[i] = st.Counters.Drops, pid
+}
+
+// finish stops and checks the stream and fills in the report's verdict
+// inputs: churn errors, daemons that died (pids are those at the start)
+// and RSS growth. Pingers and churner must have stopped.
+func (r *soakRun) finish(pids []int) {
+	rep := r.rep
+	rep.Stream, rep.StreamErr = r.stream.Stop(30 * time.Second)
 	// The stream may deliver its last bytes after the final sample.
 	if len(rep.Samples) > 0 {
-		rep.Samples[len(rep.Samples)-1].StreamBytes += rep.Stream.Received - prevBytes
+		rep.Samples[len(rep.Samples)-1].StreamBytes += rep.Stream.Received - r.prevBytes
 	}
-	rep.ChurnErrs = churnErrs
-	for i := range nn {
-		if i == churned {
+	rep.ChurnErrs = r.churnErrs
+	for i := range r.nn {
+		if i == r.churned {
 			continue
 		}
-		if pid := l.PID(i); pid != pids[i] {
+		if pid := r.l.PID(i); pid != pids[i] {
 			rep.Exits = append(rep.Exits, fmt.Sprintf("n%d daemon pid %d is gone (now %d); log tail:\n%s",
-				i, pids[i], pid, tail(l.Log(i), 10)))
+				i, pids[i], pid, tail(r.l.Log(i), 10)))
 		}
 	}
-	rep.RSSFirst = make([]int64, nn)
-	rep.RSSLast = make([]int64, nn)
-	rep.RSSGrowthChecked = make([]bool, nn)
+	rep.RSSFirst = make([]int64, r.nn)
+	rep.RSSLast = make([]int64, r.nn)
+	rep.RSSGrowthChecked = make([]bool, r.nn)
 	if len(rep.Samples) > 0 {
 		first, last := rep.Samples[0], rep.Samples[len(rep.Samples)-1]
-		for i := range nn {
+		for i := range r.nn {
 			rep.RSSFirst[i], rep.RSSLast[i] = first.RSS[i], last.RSS[i]
-			rep.RSSGrowthChecked[i] = i != churned && first.RSS[i] > 0 && last.RSS[i] > 0
+			rep.RSSGrowthChecked[i] = i != r.churned && first.RSS[i] > 0 && last.RSS[i] > 0
 		}
 	}
-	return rep, nil
 }
 
 // churn stops node i and starts it again: newLease deletes its lease and

@@ -175,26 +175,54 @@ func (l *Lab) TransferAddr(ctx context.Context, from int, src netip.Addr, to int
 	buffered := nbytes <= maxBufferedTransfer
 	var store []byte
 	if buffered {
-		store = make([]byte, nbytes)
-		for i := 0; i < len(store); i += 4096 {
-			store[i] = 0 // fault the pages in before the clock starts
-		}
+		store = faultedIn(nbytes)
 	}
+	rc := receiveTransfer(pc, store, buffered)
+	sent, start, werr := sendTransfer(conn, seed, nbytes, buffered)
+	res.Sent = sent
+	r := <-rc
+	res.Bytes, res.Received, res.Duration = r.n, r.sum, r.end.Sub(start)
+	if err := errors.Join(werr, r.err); err != nil {
+		return res, fmt.Errorf("lab: %s: after %d of %d bytes: %w", what, r.n, nbytes, errors.Join(ctx.Err(), err))
+	}
+	if r.n != nbytes || !res.Match() {
+		return res, fmt.Errorf("lab: %s: %w (%d of %d bytes, sha256 %x sent, %x received)",
+			what, ErrMismatch, r.n, nbytes, res.Sent[:8], res.Received[:8])
+	}
+	return res, nil
+}
 
-	type recvResult struct {
-		n   int64
-		sum [sha256.Size]byte
-		end time.Time
-		err error
+// faultedIn allocates a buffered transfer's n-byte receive buffer and
+// touches every page of it.
+func faultedIn(n int64) []byte {
+	store := make([]byte, n)
+	for i := 0; i < len(store); i += 4096 {
+		store[i] = 0 // fault the pages in before the clock starts
 	}
-	rc := make(chan recvResult, 1)
+	return store
+}
+
+// transferRecv is what the receiving end of a transfer got.
+type transferRecv struct {
+	n   int64
+	sum [sha256.Size]byte
+	end time.Time
+	err error
+}
+
+// receiveTransfer reads pc to its end in a goroutine and sends the byte
+// count, SHA-256 and end time on the returned channel. A buffered
+// transfer reads into store and hashes after the clock stopped; otherwise
+// it hashes as it reads.
+func receiveTransfer(pc *net.TCPConn, store []byte, buffered bool) <-chan transferRecv {
+	rc := make(chan transferRecv, 1)
 	go func() {
-		var r recvResult
+		var r transferRecv
 		h := sha256.New()
 		if buffered {
 			m, err := io.ReadFull(pc, store)
 			r.n = int64(m)
-			if err == nil { // anything beyond nbytes is a mismatch too
+			if err == nil { // anything beyond len(store) is a mismatch too
 				var extra int64
 				extra, err = io.Copy(io.Discard, pc)
 				r.n += extra
@@ -210,13 +238,20 @@ func (l *Lab) TransferAddr(ctx context.Context, from int, src netip.Addr, to int
 		h.Sum(r.sum[:0])
 		rc <- r
 	}()
+	return rc
+}
 
+// sendTransfer writes the first nbytes of the stream for seed to conn and
+// closes its write side (or, on error, the whole connection, to unblock the
+// receiver). It returns the SHA-256 of what it sent, zero if a buffered
+// transfer failed, and when the clock started.
+func sendTransfer(conn *net.TCPConn, seed uint64, nbytes int64, buffered bool) (sum [sha256.Size]byte, start time.Time, werr error) {
 	var sendHash hash.Hash
 	if !buffered {
 		sendHash = sha256.New()
 	}
-	start := time.Now()
-	werr := writeStream(conn, seed, nbytes, sendHash)
+	start = time.Now()
+	werr = writeStream(conn, seed, nbytes, sendHash)
 	if werr == nil {
 		werr = conn.CloseWrite()
 	}
@@ -225,20 +260,11 @@ func (l *Lab) TransferAddr(ctx context.Context, from int, src netip.Addr, to int
 	}
 	switch {
 	case sendHash != nil:
-		sendHash.Sum(res.Sent[:0])
+		sendHash.Sum(sum[:0])
 	case werr == nil:
-		res.Sent = streamSum(seed, nbytes) // while the receiver hashes
+		sum = streamSum(seed, nbytes) // while the receiver hashes
 	}
-	r := <-rc
-	res.Bytes, res.Received, res.Duration = r.n, r.sum, r.end.Sub(start)
-	if err := errors.Join(werr, r.err); err != nil {
-		return res, fmt.Errorf("lab: %s: after %d of %d bytes: %w", what, r.n, nbytes, errors.Join(ctx.Err(), err))
-	}
-	if r.n != nbytes || !res.Match() {
-		return res, fmt.Errorf("lab: %s: %w (%d of %d bytes, sha256 %x sent, %x received)",
-			what, ErrMismatch, r.n, nbytes, res.Sent[:8], res.Received[:8])
-	}
-	return res, nil
+	return sum, start, werr
 }
 
 // MaxBufferedTransfer is the largest transfer the receiver keeps in memory

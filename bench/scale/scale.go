@@ -189,21 +189,24 @@ func Run(ctx context.Context, l *lab.Lab, o Options) (*Report, error) {
 	return rep, nil
 }
 
+// sizeRun is the measurement of one cluster size, phase by phase: each
+// method is one phase and fills in its part of sz.
+type sizeRun struct {
+	l       *lab.Lab
+	sm      *sims
+	o       Options
+	n       int // simulated leases at this size
+	nodes   int // real daemons
+	pollers *pollers
+	sz      *Size
+}
+
 func runSize(ctx context.Context, l *lab.Lab, sm *sims, o Options, n int) (*Size, error) {
-	nodes := len(l.Nodes())
-	pollers := startPollers(l, o.Poll)
-	defer pollers.stop()
-	// Every size starts from no simulated leases, so that its bulk load
-	// is all of it.
-	if c := sm.count(); c > 0 {
-		o.Progress("%d: removing the previous %d simulated leases", n, c)
-		rev, err := parallel(ctx, c, o.Workers, sm.leave)
-		if err != nil {
-			return nil, err
-		}
-		if err := pollers.wait(ctx, rev, time.Minute); err != nil {
-			return nil, err
-		}
+	r := &sizeRun{l: l, sm: sm, o: o, n: n, nodes: len(l.Nodes())}
+	r.pollers = startPollers(l, o.Poll)
+	defer r.pollers.stop()
+	if err := r.clearPrevious(ctx); err != nil {
+		return nil, err
 	}
 
 	ping, err := startPing(l)
@@ -212,70 +215,125 @@ func runSize(ctx context.Context, l *lab.Lab, sm *sims, o Options, n int) (*Size
 	}
 	defer func() { _, _ = ping.stop() }() // on early returns; the measured stop is below
 
-	sz := &Size{Leases: n + nodes}
-	o.Progress("%d: bulk load", n)
-	start := time.Now()
-	bulkRev, err := parallel(ctx, n, o.Workers, sm.join)
+	r.sz = &Size{Leases: n + r.nodes}
+	if err := r.bulkLoad(ctx); err != nil {
+		return nil, err
+	}
+	q0, q1, err := r.quiet(ctx)
 	if err != nil {
 		return nil, err
 	}
-	sz.BulkWrite = time.Since(start)
-	if err := pollers.wait(ctx, bulkRev, time.Minute); err != nil {
-		return nil, fmt.Errorf("bulk load: %w", err)
+	ops, c1, err := r.churnPhase(ctx)
+	if err != nil {
+		return nil, err
 	}
-	sz.Daemons = make([]Daemon, nodes)
-	for i := range nodes {
-		sz.Daemons[i].Node = l.Node(i).Name
-		t, ok := pollers.firstAt(i, bulkRev)
+	r.propagation(ops)
+	r.daemonCosts(q0, q1, c1)
+	r.pollers.stop()
+	if err := r.stopPing(ping); err != nil {
+		return nil, err
+	}
+	if err := r.startup(ctx); err != nil {
+		return nil, err
+	}
+	r.sz.TableApply, r.sz.TableRebuild, r.sz.Lookup = tableMicro(r.sz.Leases)
+	return r.sz, nil
+}
+
+// clearPrevious removes the previous size's simulated leases: every size
+// starts from none, so that its bulk load is all of it.
+func (r *sizeRun) clearPrevious(ctx context.Context) error {
+	c := r.sm.count()
+	if c == 0 {
+		return nil
+	}
+	r.o.Progress("%d: removing the previous %d simulated leases", r.n, c)
+	rev, err := parallel(ctx, c, r.o.Workers, r.sm.leave)
+	if err != nil {
+		return err
+	}
+	return r.pollers.wait(ctx, rev, time.Minute)
+}
+
+// bulkLoad writes all n simulated leases at once and records how long
+// the writes took and when each daemon's table held all of them.
+func (r *sizeRun) bulkLoad(ctx context.Context) error {
+	sz := r.sz
+	r.o.Progress("%d: bulk load", r.n)
+	start := time.Now()
+	bulkRev, err := parallel(ctx, r.n, r.o.Workers, r.sm.join)
+	if err != nil {
+		return err
+	}
+	sz.BulkWrite = time.Since(start)
+	if err := r.pollers.wait(ctx, bulkRev, time.Minute); err != nil {
+		return fmt.Errorf("bulk load: %w", err)
+	}
+	sz.Daemons = make([]Daemon, r.nodes)
+	for i := range r.nodes {
+		sz.Daemons[i].Node = r.l.Node(i).Name
+		t, ok := r.pollers.firstAt(i, bulkRev)
 		if !ok {
-			return nil, fmt.Errorf("bulk load: n%d reached revision %d unseen by its poller", i, bulkRev)
+			return fmt.Errorf("bulk load: n%d reached revision %d unseen by its poller", i, bulkRev)
 		}
 		sz.Daemons[i].BulkApplied = t.Sub(start)
 		sz.BulkApplied = max(sz.BulkApplied, sz.Daemons[i].BulkApplied)
 	}
-	o.Progress("%d: bulk load written in %v, applied by every daemon in %v", n,
+	r.o.Progress("%d: bulk load written in %v, applied by every daemon in %v", r.n,
 		sz.BulkWrite.Round(time.Millisecond), sz.BulkApplied.Round(time.Millisecond))
+	return nil
+}
 
-	// Quiet: what a daemon costs when nothing changes.
-	o.Progress("%d: quiet for %v", n, o.Quiet)
+// quiet measures what a daemon costs when nothing changes: counters at
+// the start and end of the quiet window.
+func (r *sizeRun) quiet(ctx context.Context) (q0, q1 []point, err error) {
+	r.o.Progress("%d: quiet for %v", r.n, r.o.Quiet)
 	// The pollers pause: their 100 requests a second per daemon would be
 	// most of what is measured.
-	pollers.paused.Store(true)
-	q0, err := snapshot(ctx, l)
-	if err != nil {
-		return nil, err
+	r.pollers.paused.Store(true)
+	if q0, err = snapshot(ctx, r.l); err != nil {
+		return nil, nil, err
 	}
-	if err := sleep(ctx, o.Quiet); err != nil {
-		return nil, err
+	if err := sleep(ctx, r.o.Quiet); err != nil {
+		return nil, nil, err
 	}
-	q1, err := snapshot(ctx, l)
-	if err != nil {
-		return nil, err
+	if q1, err = snapshot(ctx, r.l); err != nil {
+		return nil, nil, err
 	}
-	pollers.paused.Store(false)
+	r.pollers.paused.Store(false)
+	return q0, q1, nil
+}
 
-	// Churn: joins, renewals and leaves at a steady rate.
-	sz.ChurnRate = o.rate(n)
-	o.Progress("%d: churn at %.0f changes/s for %v", n, sz.ChurnRate, o.Churn)
-	ops, err := churn(ctx, sm, sz.ChurnRate, o.Churn)
-	if err != nil {
-		return nil, err
+// churnPhase makes joins, renewals and leaves at a steady rate, then
+// takes the counters at its end and waits until every daemon applied the
+// last change.
+func (r *sizeRun) churnPhase(ctx context.Context) (ops []op, c1 []point, err error) {
+	r.sz.ChurnRate = r.o.rate(r.n)
+	r.o.Progress("%d: churn at %.0f changes/s for %v", r.n, r.sz.ChurnRate, r.o.Churn)
+	if ops, err = churn(ctx, r.sm, r.sz.ChurnRate, r.o.Churn); err != nil {
+		return nil, nil, err
 	}
-	c1, err := snapshot(ctx, l)
-	if err != nil {
-		return nil, err
+	if c1, err = snapshot(ctx, r.l); err != nil {
+		return nil, nil, err
 	}
 	if len(ops) > 0 {
-		if err := pollers.wait(ctx, ops[len(ops)-1].rev, 30*time.Second); err != nil {
-			return nil, fmt.Errorf("churn: %w", err)
+		if err := r.pollers.wait(ctx, ops[len(ops)-1].rev, 30*time.Second); err != nil {
+			return nil, nil, fmt.Errorf("churn: %w", err)
 		}
 	}
-	sz.ChurnOps = len(ops)
+	r.sz.ChurnOps = len(ops)
+	return ops, c1, nil
+}
+
+// propagation summarises, over every churn change and daemon, the time
+// from sending the change until the daemon's table reflected it.
+func (r *sizeRun) propagation(ops []op) {
+	sz := r.sz
 	var all []time.Duration
 	byKind := map[string][]time.Duration{}
 	for _, op := range ops {
-		for i := range nodes {
-			t, ok := pollers.firstAt(i, op.rev)
+		for i := range r.nodes {
+			t, ok := r.pollers.firstAt(i, op.rev)
 			if !ok {
 				sz.Unseen++
 				continue
@@ -290,8 +348,14 @@ func runSize(ctx context.Context, l *lab.Lab, sm *sims, o Options, n int) (*Size
 	for k, d := range byKind {
 		sz.ByKind[k] = summarize(d)
 	}
-	for i := range nodes {
-		d := &sz.Daemons[i]
+}
+
+// daemonCosts fills in each daemon's memory, CPU, etcd requests and table
+// updates from the counters at the start (q0) and end (q1) of the quiet
+// phase and the end of churn (c1).
+func (r *sizeRun) daemonCosts(q0, q1, c1 []point) {
+	for i := range r.nodes {
+		d := &r.sz.Daemons[i]
 		d.RSS = c1[i].rss
 		d.CPUQuiet = (q1[i].cpu - q0[i].cpu) / q1[i].at.Sub(q0[i].at).Seconds()
 		d.CPUChurn = (c1[i].cpu - q1[i].cpu) / c1[i].at.Sub(q1[i].at).Seconds()
@@ -303,31 +367,40 @@ func runSize(ctx context.Context, l *lab.Lab, sm *sims, o Options, n int) (*Size
 		}
 		d.UpdateMax = secs(c1[i].table.MaxUpdateSeconds)
 	}
-	pollers.stop()
+}
+
+// stopPing stops the ping that ran through bulk load and churn and records
+// its result.
+func (r *sizeRun) stopPing(ping *pinger) error {
 	pr, err := ping.stop()
 	if err != nil {
-		return nil, err
+		return err
 	}
+	sz := r.sz
 	sz.PingSent, sz.PingReceived, sz.PingMax = pr.Sent, pr.Received, pr.Max
-	o.Progress("%d: %d changes, propagation p50 %v p99 %v; ping %d/%d max %v", n, sz.ChurnOps,
+	r.o.Progress("%d: %d changes, propagation p50 %v p99 %v; ping %d/%d max %v", r.n, sz.ChurnOps,
 		sz.Propagation.P50.Round(time.Millisecond), sz.Propagation.P99.Round(time.Millisecond), pr.Received, pr.Sent, pr.Max)
+	return nil
+}
 
-	// Start-up with every lease present: restart the last daemon.
-	last := nodes - 1
-	if sz.Startup, err = restart(ctx, l, last); err != nil {
-		return nil, err
+// startup measures start-up with every lease present: it restarts the last
+// daemon and counts the etcd requests it made until ready.
+func (r *sizeRun) startup(ctx context.Context) error {
+	sz := r.sz
+	last := r.nodes - 1
+	var err error
+	if sz.Startup, err = restart(ctx, r.l, last); err != nil {
+		return err
 	}
-	st, err := readStatus(ctx, l, last)
+	st, err := readStatus(ctx, r.l, last)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, c := range st.Etcd.Requests {
 		sz.StartupRequests += c
 	}
-	o.Progress("%d: n%d restarted and ready in %v after %d etcd requests", n, last, sz.Startup.Round(time.Millisecond), sz.StartupRequests)
-
-	sz.TableApply, sz.TableRebuild, sz.Lookup = tableMicro(sz.Leases)
-	return sz, nil
+	r.o.Progress("%d: n%d restarted and ready in %v after %d etcd requests", r.n, last, sz.Startup.Round(time.Millisecond), sz.StartupRequests)
+	return nil
 }
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

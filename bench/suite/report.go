@@ -153,31 +153,54 @@ func SummaryTable(res *Results) string {
 	return b.String()
 }
 
-// WriteReport writes the Markdown report.
+// WriteReport writes the Markdown report: a header, the summary, the
+// machine and settings, the paths, every run and the summary per round.
 func WriteReport(w io.Writer, res *Results) error {
 	var b strings.Builder
 	t := titles(res)
+	reportHeader(&b, res)
+	reportSummary(&b, res)
+	reportMachine(&b, res)
+	reportPaths(&b, res)
+	reportRuns(&b, res, t)
+	reportRounds(&b, res, t)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// reportHeader is the title, when and how the run was made, the machine
+// in one line and the run's notes.
+func reportHeader(b *strings.Builder, res *Results) {
 	m := res.Machine
 	st := res.Settings
-	fmt.Fprintf(&b, "# weft benchmark: weft vs kernel VXLAN, host-gw and bare veth\n\n")
-	fmt.Fprintf(&b, "Run %s, %d round(s) × %d test(s) × %d path(s), %d s per throughput test, in %s, by\n\n```\n%s\n```\n\n",
+	fmt.Fprintf(b, "# weft benchmark: weft vs kernel VXLAN, host-gw and bare veth\n\n")
+	fmt.Fprintf(b, "Run %s, %d round(s) × %d test(s) × %d path(s), %d s per throughput test, in %s, by\n\n```\n%s\n```\n\n",
 		res.Started.Format("2006-01-02 15:04 MST"), st.Rounds, len(st.Tests), len(res.Paths), st.Seconds,
 		res.Finished.Sub(res.Started).Round(time.Second), res.Command)
-	fmt.Fprintf(&b, "%s, %d CPUs (both namespaces share them), Linux %s. How to read this: [bench/README.md](../README.md).\n\n", m.CPU, m.CPUs, m.Kernel)
+	fmt.Fprintf(b, "%s, %d CPUs (both namespaces share them), Linux %s. How to read this: [bench/README.md](../README.md).\n\n", m.CPU, m.CPUs, m.Kernel)
 	for _, n := range res.Notes {
-		fmt.Fprintf(&b, "> **Note:** %s.\n\n", n)
+		fmt.Fprintf(b, "> **Note:** %s.\n\n", n)
 	}
+}
 
+// reportSummary is the "Summary" section: how to read it, the table and
+// the chart.
+func reportSummary(b *strings.Builder, res *Results) {
 	b.WriteString("## Summary\n\n")
-	fmt.Fprintf(&b, "Median over %d round(s). In brackets: the path ÷ kernel VXLAN **from the same round**, median and range (min–max) over the rounds. ↑ higher is better, ↓ lower is better. "+
+	fmt.Fprintf(b, "Median over %d round(s). In brackets: the path ÷ kernel VXLAN **from the same round**, median and range (min–max) over the rounds. ↑ higher is better, ↓ lower is better. "+
 		"CPU per GB: CPU seconds during the single-stream TCP test ÷ the GB its sender moved (the omitted first second included); \"all CPU\" is every busy CPU on the machine (iperf3 at both ends, kernel, daemons), softirq the kernel's packet processing, daemon the tunnel processes' utime+stime (none on the kernel paths). "+
-		"Counters (retransmits, drops) are totals over a round's tests, both nodes, median over rounds, without ratios. –: does not apply, or failed (see \"Every run\").\n\n", st.Rounds)
+		"Counters (retransmits, drops) are totals over a round's tests, both nodes, median over rounds, without ratios. –: does not apply, or failed (see \"Every run\").\n\n", res.Settings.Rounds)
 	b.WriteString(SummaryTable(res))
 	b.WriteString("\n![weft, host-gw and bare veth relative to kernel VXLAN](" + ChartFile + ")\n\n")
+}
 
+// reportMachine is the "Machine and settings" table.
+func reportMachine(b *strings.Builder, res *Results) {
+	m := res.Machine
+	st := res.Settings
 	b.WriteString("## Machine and settings\n\n")
-	fmt.Fprintf(&b, "| | |\n|---|---|\n")
-	row := func(k, v string) { fmt.Fprintf(&b, "| %s | %s |\n", k, mdEscape(v)) }
+	fmt.Fprintf(b, "| | |\n|---|---|\n")
+	row := func(k, v string) { fmt.Fprintf(b, "| %s | %s |\n", k, mdEscape(v)) }
 	row("kernel", m.Kernel)
 	row("CPU", fmt.Sprintf("%s, %d CPUs", m.CPU, m.CPUs))
 	row("load average at start", m.LoadAvg)
@@ -196,17 +219,24 @@ func WriteReport(w io.Writer, res *Results) error {
 	row("order", st.Order)
 	row("idle check", fmt.Sprintf("before each test, wait up to a few seconds for other CPU use < %.0f %% of all CPUs; the load seen is in \"Every run\"", st.IdleThreshold))
 	b.WriteString("\n")
+}
 
+// reportPaths is the "Paths" table: one row per path.
+func reportPaths(b *strings.Builder, res *Results) {
 	b.WriteString("### Paths (node 0 → node 1)\n\n| path | from → to | device | MTU | txqueuelen | what |\n|---|---|---|---|---|---|\n")
 	for _, p := range res.Paths {
 		what := p.Description
 		if len(p.Daemon) > 0 {
 			what += "; node 0 ran `" + strings.Join(p.Daemon, " ") + "`"
 		}
-		fmt.Fprintf(&b, "| %s | %s → %s | %s | %d | %d | %s |\n", mdEscape(p.Title), p.Src, p.Dst, p.Device, p.MTU, p.TxQLen, mdEscape(what))
+		fmt.Fprintf(b, "| %s | %s → %s | %s | %d | %d | %s |\n", mdEscape(p.Title), p.Src, p.Dst, p.Device, p.MTU, p.TxQLen, mdEscape(what))
 	}
 	b.WriteString("\n")
+}
 
+// reportRuns is the "Every run" table: one row per sample; t maps path
+// names to titles.
+func reportRuns(b *strings.Builder, res *Results, t map[string]string) {
 	b.WriteString("## Every run\n\n")
 	b.WriteString("CPU columns are seconds over the test (daemon = the tunnel processes' utime+stime; all = every busy CPU on the machine). Drop counters are deltas over the test, both nodes: tx_dropped of the path's device (udp0 for weft), UdpRcvbufErrors/UdpSndbufErrors of each node's namespace (every UDP socket there, iperf3's own included), weft's own drop counters by reason. \"load\" is the other CPU use seen just before the test.\n\n")
 	b.WriteString("| round | test | path | result | retr | daemon CPU s | softirq s | all CPU s | tx_dropped | RcvbufErr | SndbufErr | weft drops | load |\n")
@@ -216,25 +246,30 @@ func WriteReport(w io.Writer, res *Results) error {
 		if !s.IdleOK {
 			load += " (busy)"
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %.2f | %.2f | %.2f | %d | %d | %d | %s | %s |\n",
+		fmt.Fprintf(b, "| %d | %s | %s | %s | %s | %.2f | %.2f | %.2f | %d | %d | %d | %s | %s |\n",
 			s.Round, s.Test, mdEscape(t[s.Path]), mdEscape(sampleResult(s)), retr(s), s.DaemonCPU, s.SoftirqCPU, s.BusyCPU,
 			s.TunTxDropped, s.UDPRcvbufErrors, s.UDPSndbufErrors, dropString(s.WeftDrops), load)
 	}
 	b.WriteString("\n")
+}
 
+// reportRounds is the "Per round" table: each summary metric of each
+// path, one column per round; t maps path names to titles.
+func reportRounds(b *strings.Builder, res *Results, t map[string]string) {
+	rounds := res.Settings.Rounds
 	b.WriteString("## Per round\n\nEach summary metric for each round, so that the spread is visible.\n\n")
 	b.WriteString("| metric | path |")
-	for r := 1; r <= st.Rounds; r++ {
-		fmt.Fprintf(&b, " round %d |", r)
+	for r := 1; r <= rounds; r++ {
+		fmt.Fprintf(b, " round %d |", r)
 	}
 	b.WriteString("\n|---|---|")
-	for r := 1; r <= st.Rounds; r++ {
+	for r := 1; r <= rounds; r++ {
 		b.WriteString("---|")
 	}
 	b.WriteString("\n")
 	for _, ms := range res.Summary {
 		for _, p := range ms.Paths {
-			fmt.Fprintf(&b, "| %s | %s |", mdEscape(ms.heading()), mdEscape(t[p.Path]))
+			fmt.Fprintf(b, "| %s | %s |", mdEscape(ms.heading()), mdEscape(t[p.Path]))
 			for _, v := range p.Values {
 				if v == nil {
 					b.WriteString(" – |")
@@ -245,8 +280,6 @@ func WriteReport(w io.Writer, res *Results) error {
 			b.WriteString("\n")
 		}
 	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }
 
 func retr(s Sample) string {

@@ -86,7 +86,17 @@ type Config struct {
 	Progress   io.Writer // one line per test; nil: none
 }
 
+// defaults fills in the zero fields and checks the result.
 func (c *Config) defaults() error {
+	c.fillDefaults()
+	if err := c.checkLimits(); err != nil {
+		return err
+	}
+	return c.checkExtra()
+}
+
+// fillDefaults replaces each unset field by its default.
+func (c *Config) fillDefaults() {
 	if c.Seconds == 0 {
 		c.Seconds = 10
 	}
@@ -123,6 +133,11 @@ func (c *Config) defaults() error {
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
+}
+
+// checkLimits checks the numeric settings, the weft binary and the test
+// names.
+func (c *Config) checkLimits() error {
 	switch {
 	case c.Seconds < 1 || c.Seconds > 3600:
 		return fmt.Errorf("seconds %d: want 1..3600", c.Seconds)
@@ -142,6 +157,12 @@ func (c *Config) defaults() error {
 			return fmt.Errorf("test %q: want one of %s", t, strings.Join(AllTests, ", "))
 		}
 	}
+	return nil
+}
+
+// checkExtra checks the extra paths, in order, and gives each without a
+// network config its default one.
+func (c *Config) checkExtra() error {
 	if len(c.Extra) > MaxExtraPaths {
 		return fmt.Errorf("%d extra paths: at most %d fit the address plan", len(c.Extra), MaxExtraPaths)
 	}

@@ -76,12 +76,35 @@ func color(i int) string { return palette[i%len(palette)] }
 
 // panel draws one group of metrics with its plot area's top at y.
 func panel(b *strings.Builder, res *Results, ms []MetricSummary, y float64, subtitle string) error {
-	plotW := float64(chartW - marginL - marginR)
 	text(b, marginL, y+4, 13, "start", "bold", "#000", "Ratio to kernel VXLAN, "+subtitle)
-	y += 14
-	plotH := float64(panelPlotH - 14)
-	// Scale: up to the largest ratio shown (at least 1.2), capped.
-	ymax := 1.2
+	ymax, step := panelScale(ms)
+	pa := plotArea{y: y + 14, w: float64(chartW - marginL - marginR), h: float64(panelPlotH - 14), ymax: ymax}
+	pa.grid(b, step)
+	if len(ms) == 0 {
+		text(b, marginL+pa.w/2, pa.y+pa.h/2, 12, "middle", "normal", "#555", "no metric measured")
+		return nil
+	}
+	n := len(res.Paths)
+	groupW := pa.w / float64(len(ms))
+	barW := math.Min(30, groupW*0.8/float64(n))
+	t := titles(res)
+	for gi, m := range ms {
+		gx := float64(marginL) + groupW*float64(gi) + (groupW-barW*float64(n))/2
+		for pi, p := range m.Paths {
+			pa.bar(b, m, p, pi, gx+barW*float64(pi), barW, t[p.Path])
+		}
+		pa.groupLabels(b, m, float64(marginL)+groupW*(float64(gi)+0.5))
+	}
+	// The baseline, over the bars.
+	by := pa.yOf(1)
+	fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#1f77b4" stroke-width="1.5" stroke-dasharray="6 4"/>`+"\n", marginL, by, marginL+pa.w, by)
+	return nil
+}
+
+// panelScale is a panel's vertical scale: up to the largest ratio shown
+// (at least 1.2), capped at maxRatio and rounded up to a whole grid step.
+func panelScale(ms []MetricSummary) (ymax, step float64) {
+	ymax = 1.2
 	for _, m := range ms {
 		for _, p := range m.Paths {
 			if p.Ratio != nil {
@@ -90,78 +113,83 @@ func panel(b *strings.Builder, res *Results, ms []MetricSummary, y float64, subt
 		}
 	}
 	ymax = math.Min(ymax, maxRatio)
-	step := 0.25
+	step = 0.25
 	switch {
 	case ymax > 2.5:
 		step = 1
 	case ymax > 1.5:
 		step = 0.5
 	}
-	ymax = math.Ceil(ymax/step) * step
-	yOf := func(v float64) float64 { return y + plotH - math.Min(v, ymax)/ymax*plotH }
-	for g := 0.0; g <= ymax+1e-9; g += step {
-		gy := yOf(g)
-		fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#e4e4e4" stroke-width="1"/>`+"\n", marginL, gy, marginL+plotW, gy)
+	return math.Ceil(ymax/step) * step, step
+}
+
+// plotArea is a panel's plot: its top y, width w and height h in pixels
+// (its left edge is marginL), and the ratio at its top, ymax.
+type plotArea struct {
+	y, w, h, ymax float64
+}
+
+// yOf is the height of ratio v in the plot; ratios over ymax are cut.
+func (pa plotArea) yOf(v float64) float64 { return pa.y + pa.h - math.Min(v, pa.ymax)/pa.ymax*pa.h }
+
+// grid draws a labelled grid line every step from 0 to ymax, then the
+// plot's bottom axis.
+func (pa plotArea) grid(b *strings.Builder, step float64) {
+	for g := 0.0; g <= pa.ymax+1e-9; g += step {
+		gy := pa.yOf(g)
+		fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#e4e4e4" stroke-width="1"/>`+"\n", marginL, gy, marginL+pa.w, gy)
 		text(b, marginL-6, gy+4, 11, "end", "normal", "#555", trimZeros(g))
 	}
-	fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#000" stroke-width="1"/>`+"\n", marginL, y+plotH, marginL+plotW, y+plotH)
-	if len(ms) == 0 {
-		text(b, marginL+plotW/2, y+plotH/2, 12, "middle", "normal", "#555", "no metric measured")
-		return nil
+	fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#000" stroke-width="1"/>`+"\n", marginL, pa.y+pa.h, marginL+pa.w, pa.y+pa.h)
+}
+
+// bar draws the bar of path p (the pi-th, titled title) in metric m at x,
+// w wide, with its ratio printed over it: rotated when the bar is too
+// narrow for the label.
+func (pa plotArea) bar(b *strings.Builder, m MetricSummary, p PathSummary, pi int, x, w float64, title string) {
+	ratio, ok := 0.0, p.Ratio != nil
+	if ok {
+		ratio = p.Ratio.Median
 	}
-	n := len(res.Paths)
-	groupW := plotW / float64(len(ms))
-	barW := math.Min(30, groupW*0.8/float64(n))
-	rotate := barW < 26
-	for gi, m := range ms {
-		gx := float64(marginL) + groupW*float64(gi) + (groupW-barW*float64(n))/2
-		var base *PathSummary
-		for i := range m.Paths {
-			if m.Paths[i].Path == Baseline {
-				base = &m.Paths[i]
-			}
+	top := pa.yOf(ratio)
+	tip := fmt.Sprintf("%s, %s: %s", m.Label, title, SummaryCell(m, p)+" "+m.Unit)
+	fmt.Fprintf(b, `<rect class="bar" data-path="%s" data-metric="%s" x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s</title></rect>`+"\n",
+		esc(p.Path), esc(m.Key), x+1, top, w-2, pa.y+pa.h-top, color(pi), esc(tip))
+	label := "n/a"
+	if ok {
+		label = trimX(FormatRatio(ratio))
+		if ratio > pa.ymax {
+			label = "▲" + label
 		}
-		for pi, p := range m.Paths {
-			bx := gx + barW*float64(pi)
-			ratio, ok := 0.0, p.Ratio != nil
-			if ok {
-				ratio = p.Ratio.Median
-			}
-			top := yOf(ratio)
-			tip := fmt.Sprintf("%s, %s: %s", m.Label, titles(res)[p.Path], SummaryCell(m, p)+" "+m.Unit)
-			fmt.Fprintf(b, `<rect class="bar" data-path="%s" data-metric="%s" x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s</title></rect>`+"\n",
-				esc(p.Path), esc(m.Key), bx+1, top, barW-2, y+plotH-top, color(pi), esc(tip))
-			label := "n/a"
-			if ok {
-				label = trimX(FormatRatio(ratio))
-				if ratio > ymax {
-					label = "▲" + label
-				}
-			}
-			lx, ly := bx+barW/2, top-4
-			if rotate {
-				fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="10" text-anchor="start" fill="#222" transform="rotate(-90 %.1f %.1f)">%s</text>`+"\n",
-					lx+3, ly, lx+3, ly, esc(label))
-			} else {
-				text(b, lx, ly, 10, "middle", "normal", "#222", label)
-			}
-		}
-		cx := float64(marginL) + groupW*(float64(gi)+0.5)
-		label := m.Short
-		if label == "" {
-			label = m.Label
-		}
-		text(b, cx, y+plotH+18, 12, "middle", "bold", "#000", label)
-		vx := "VXLAN: failed"
-		if base != nil && base.Median != nil {
-			vx = "VXLAN = " + FormatValue(*base.Median, m.Unit) + " " + m.Unit
-		}
-		text(b, cx, y+plotH+34, 11, "middle", "normal", "#555", vx)
 	}
-	// The baseline, over the bars.
-	by := yOf(1)
-	fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#1f77b4" stroke-width="1.5" stroke-dasharray="6 4"/>`+"\n", marginL, by, marginL+plotW, by)
-	return nil
+	lx, ly := x+w/2, top-4
+	if w < 26 {
+		fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="10" text-anchor="start" fill="#222" transform="rotate(-90 %.1f %.1f)">%s</text>`+"\n",
+			lx+3, ly, lx+3, ly, esc(label))
+	} else {
+		text(b, lx, ly, 10, "middle", "normal", "#222", label)
+	}
+}
+
+// groupLabels writes metric m's name and the baseline's value under the
+// plot, centred on cx.
+func (pa plotArea) groupLabels(b *strings.Builder, m MetricSummary, cx float64) {
+	label := m.Short
+	if label == "" {
+		label = m.Label
+	}
+	text(b, cx, pa.y+pa.h+18, 12, "middle", "bold", "#000", label)
+	var base *PathSummary
+	for i := range m.Paths {
+		if m.Paths[i].Path == Baseline {
+			base = &m.Paths[i]
+		}
+	}
+	vx := "VXLAN: failed"
+	if base != nil && base.Median != nil {
+		vx = "VXLAN = " + FormatValue(*base.Median, m.Unit) + " " + m.Unit
+	}
+	text(b, cx, pa.y+pa.h+34, 11, "middle", "normal", "#555", vx)
 }
 
 func text(b *strings.Builder, x, y float64, size int, anchor, weight, fill, s string) {

@@ -257,16 +257,11 @@ func runDemo(args []string, out io.Writer) int {
 	return code
 }
 
+// demo runs the demo on a new cluster: leases, pings between every pair,
+// one TCP transfer and the counters, then the verdict. It returns the
+// exit code; the caller tears the lab down.
 func demo(s *session, c clusterFlags, nbytes int64, pings int) int {
 	out := s.out
-	fail := func(what string, err error) int {
-		if s.interrupted() {
-			return 130
-		}
-		fmt.Fprintf(out, "\nFAIL: %s: %v\n", what, err)
-		return 1
-	}
-
 	fmt.Fprintf(out, "weft demo: %d nodes in network namespaces, one etcd, flannel's udp backend\n", c.nodes)
 	if v := weftVersion(c.weft); v != "" {
 		fmt.Fprintf(out, "  weft     %s (%s)\n", c.weft, v)
@@ -276,21 +271,65 @@ func demo(s *session, c clusterFlags, nbytes int64, pings int) int {
 		fmt.Fprintf(out, "  lab      %s, underlay %s (veth MTU %d), etcd %s\n", l.ID, l.Underlay, c.mtu, l.EtcdEndpoint())
 	}
 	if err != nil {
-		return fail("start cluster", err)
+		return demoFail(s, "start cluster", err)
 	}
 	fmt.Fprintf(out, "  started  %d daemons, all ready in %v\n", c.nodes, took.Round(time.Millisecond))
 
-	n := len(l.Nodes())
-	statuses := make([]*lab.Status, n)
-	for i := range n {
+	statuses, err := leaseStatuses(l)
+	if err != nil {
+		return demoFail(s, "read status", err)
+	}
+	printLeases(out, l, statuses)
+
+	failed, pairs := pingPairs(s, l, pings)
+	if s.interrupted() {
+		return 130
+	}
+	r, terr := demoTransfer(s, l, nbytes)
+	if s.interrupted() {
+		return 130
+	}
+	printTransfer(out, r, terr)
+	transferOK := terr == nil
+
+	printCounters(out, l)
+
+	if failed > 0 || !transferOK {
+		fmt.Fprintf(out, "\nFAIL: %d of %d ping pairs failed; transfer %s\n", failed, pairs, verdict(transferOK))
+		fmt.Fprintf(out, "weft logs: rerun with -keep, then see %s/n*/weft.log\n", l.Dir)
+		return 1
+	}
+	fmt.Fprintf(out, "\nPASS: %d of %d ping pairs answered, transfer byte-exact\n", pairs, pairs)
+	return 0
+}
+
+// demoFail reports a step of the demo that failed and returns the exit
+// code: 130 when Ctrl-C caused it, so that is not printed as a failure.
+func demoFail(s *session, what string, err error) int {
+	if s.interrupted() {
+		return 130
+	}
+	fmt.Fprintf(s.out, "\nFAIL: %s: %v\n", what, err)
+	return 1
+}
+
+// leaseStatuses reads every node's /status; each must report a lease.
+func leaseStatuses(l *lab.Lab) ([]*lab.Status, error) {
+	statuses := make([]*lab.Status, len(l.Nodes()))
+	for i := range statuses {
+		var err error
 		if statuses[i], err = l.Status(i); err != nil {
-			return fail("read status", err)
+			return nil, err
 		}
 		if statuses[i].Lease == nil {
-			return fail("read status", fmt.Errorf("%s reports no lease", l.Node(i).Name))
+			return nil, fmt.Errorf("%s reports no lease", l.Node(i).Name)
 		}
 	}
+	return statuses, nil
+}
 
+// printLeases prints the table of every node's lease and device.
+func printLeases(out io.Writer, l *lab.Lab, statuses []*lab.Status) {
 	fmt.Fprintf(out, "\nleases (from each daemon's /status)\n")
 	tw := newTable(out, "  ", "node", "public IP", "subnet", "pod address", "device", "peers")
 	for i, st := range statuses {
@@ -298,17 +337,23 @@ func demo(s *session, c clusterFlags, nbytes int64, pings int) int {
 			fmt.Sprintf("%s mtu %d", st.Device, st.MTU), strconv.Itoa(len(st.Peers)))
 	}
 	tw.flush()
+}
 
+// pingPairs pings every ordered pair of pod addresses and prints a table
+// of the results; it returns how many pairs failed of how many it tried.
+// On Ctrl-C it stops at once, without printing the table.
+func pingPairs(s *session, l *lab.Lab, pings int) (failed, pairs int) {
+	out := s.out
+	n := len(l.Nodes())
 	fmt.Fprintf(out, "\nping between pod addresses, through the tunnel (%d echoes each)\n", pings)
-	tw = newTable(out, "  ", "from → to", "loss", "avg rtt", "result")
-	failed, pairs := 0, 0
+	tw := newTable(out, "  ", "from → to", "loss", "avg rtt", "result")
 	for from := range n {
 		for to := range n {
 			if from == to {
 				continue
 			}
 			if s.interrupted() {
-				return 130
+				return failed, pairs
 			}
 			pairs++
 			r, err := l.Ping(from, l.Pod(to).Addr(), pings)
@@ -327,21 +372,24 @@ func demo(s *session, c clusterFlags, nbytes int64, pings int) int {
 		}
 	}
 	tw.flush()
+	return failed, pairs
+}
 
-	if s.interrupted() {
-		return 130
-	}
+// demoTransfer announces and runs the demo's TCP transfer from node 0 to
+// node 1, for at most 5 minutes.
+func demoTransfer(s *session, l *lab.Lab, nbytes int64) (lab.TransferResult, error) {
 	from, to := 0, 1
-	fmt.Fprintf(out, "\nTCP stream %s → %s (%s → %s), %s of random data\n",
+	fmt.Fprintf(s.out, "\nTCP stream %s → %s (%s → %s), %s of random data\n",
 		l.Node(from).Name, l.Node(to).Name, l.Pod(from).Addr(), l.Pod(to).Addr(), humanBytes(nbytes))
 	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Minute)
-	r, terr := l.Transfer(ctx, from, to, nbytes)
-	cancel()
-	transferOK := terr == nil
+	defer cancel()
+	return l.Transfer(ctx, from, to, nbytes)
+}
+
+// printTransfer prints the transfer's rate and hashes, or why it failed.
+func printTransfer(out io.Writer, r lab.TransferResult, terr error) {
 	switch {
-	case s.interrupted():
-		return 130
-	case transferOK:
+	case terr == nil:
 		fmt.Fprintf(out, "  %s in %.2f s = %.2f Gb/s, sha256 %x… identical at both ends: ok\n",
 			humanBytes(r.Bytes), r.Duration.Seconds(), r.Gbps(), r.Sent[:6])
 	case errors.Is(terr, lab.ErrMismatch):
@@ -349,10 +397,14 @@ func demo(s *session, c clusterFlags, nbytes int64, pings int) int {
 	default:
 		fmt.Fprintf(out, "  FAIL: %v\n", terr)
 	}
+}
 
+// printCounters prints every daemon's packet counters and drops, or the
+// error reading them.
+func printCounters(out io.Writer, l *lab.Lab) {
 	fmt.Fprintf(out, "\nweft counters (udp0 ⇄ UDP 8285)\n")
-	tw = newTable(out, "  ", "node", "tx packets", "tx bytes", "rx packets", "rx bytes", "drops")
-	for i := range n {
+	tw := newTable(out, "  ", "node", "tx packets", "tx bytes", "rx packets", "rx bytes", "drops")
+	for i := range len(l.Nodes()) {
 		st, err := l.Status(i)
 		if err != nil {
 			tw.row(l.Node(i).Name, "?", "?", "?", "?", firstLine(err.Error()))
@@ -363,14 +415,6 @@ func demo(s *session, c clusterFlags, nbytes int64, pings int) int {
 			strconv.FormatUint(k.RxPackets, 10), humanBytes(int64(k.RxBytes)), drops(k.Drops))
 	}
 	tw.flush()
-
-	if failed > 0 || !transferOK {
-		fmt.Fprintf(out, "\nFAIL: %d of %d ping pairs failed; transfer %s\n", failed, pairs, verdict(transferOK))
-		fmt.Fprintf(out, "weft logs: rerun with -keep, then see %s/n*/weft.log\n", l.Dir)
-		return 1
-	}
-	fmt.Fprintf(out, "\nPASS: %d of %d ping pairs answered, transfer byte-exact\n", pairs, pairs)
-	return 0
 }
 
 func runUp(args []string, out io.Writer) int {
