@@ -14,7 +14,7 @@ FUZZTIME      ?= 10000x
 FUZZTIME_LONG ?= 100000x
 PREFIX   ?= /usr/local
 
-.PHONY: all build demo bench soak scale test check unit fuzz fuzz-long microbench clean install
+.PHONY: all build demo bench soak scale test check unit fuzz fuzz-long microbench generate generate-check clean install
 
 all: build
 
@@ -102,6 +102,18 @@ fuzz:
 # Every fuzz target for FUZZTIME_LONG executions (CI runs it after make test).
 fuzz-long:
 	$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_LONG)
+
+# The kernel fast path's eBPF programs (fastpath/bpf/*.c) into the committed
+# fastpath/weft_bpfel.{go,o}, with Debian's clang (apt-get install -y clang
+# llvm libbpf-dev); go build itself needs no clang.
+BPF_CFLAGS ?= -I/usr/include/$(shell gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+generate:
+	@command -v clang >/dev/null || { echo "generate needs clang: apt-get install -y clang llvm libbpf-dev"; exit 1; }
+	cd fastpath && BPF_CFLAGS="$(BPF_CFLAGS)" $(GO) generate .
+
+# CI: the committed objects are what the C sources build to.
+generate-check: generate
+	@git diff --exit-code -- fastpath || { echo "fastpath's generated files differ from what make generate builds: run make generate and commit"; exit 1; }
 
 # Data-path micro-benchmarks: per packet and per batch, peer lookup at
 # 10, 1,000 and 5,000 peers, with bytes/s and allocations.

@@ -36,6 +36,10 @@ var importRules = []struct {
 		module + "/status", module + "/bench", "go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/", "github.com/coreos/go-systemd"}},
 	{pkg: "/route", forbidden: []string{module + "/tunnel", module + "/subnet", module + "/etcd", module + "/node", module + "/status",
 		module + "/bench", "go.etcd.io/", "github.com/spf13/"}},
+	// The kernel data plane, like the userspace one, never reaches etcd,
+	// leases, the node or status.
+	{pkg: "/fastpath", forbidden: []string{module + "/subnet", module + "/etcd", module + "/node", module + "/status",
+		module + "/route", module + "/firewall", module + "/bench", "go.etcd.io/", "github.com/spf13/", "github.com/coreos/"}},
 	// status reads the data planes only through their reports.
 	{pkg: "/status", forbidden: []string{module + "/node", module + "/tunnel", module + "/subnet", module + "/etcd", module + "/route",
 		module + "/firewall", module + "/bench", "go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/"}},

@@ -1,0 +1,228 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+//
+// weft's kernel data plane: flannel's udp wire format (outer IPv4, UDP to
+// the backend port, one whole inner IPv4 packet) encapsulated at TC egress of
+// weft's TUN and decapsulated at TC ingress of the underlay. Anything a
+// program does not take goes on unchanged to weft's userspace path, which
+// forwards it, or checks, counts and drops it: the kernel path only ever
+// takes the common case. "Not taken" is TC_ACT_UNSPEC: the next program on
+// the hook (Cilium's, a shaper's) runs, then the stack, in TCX and cls_bpf
+// direct-action alike.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <linux/udp.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+char __license[] SEC("license") = "Dual MIT/GPL";
+
+#define AF_INET 2
+#define OVERHEAD (sizeof(struct iphdr) + sizeof(struct udphdr))
+#define IP_DF 0x4000
+#define IP_OFFSET_MF 0x3fff
+
+// Source checks, as tunnel.SourceCheck.
+enum source_check { SOURCE_STRICT = 0, SOURCE_NAT = 1, SOURCE_OFF = 2 };
+
+// A peer that decapsulates in its kernel: only those get kernel-made
+// datagrams (their inner checksums may be left to offloads).
+#define PEER_KERNEL_DECAP 1
+
+struct config {
+	__be32 local;       // this node's underlay address (the lease's PublicIP)
+	__be32 subnet;      // this node's subnet, masked
+	__be32 subnet_mask;
+	__be16 port;        // the backend port, both ends
+	__u8 source_check;  // enum source_check
+	__u8 pad;
+	__u32 underlay;     // ifindex the datagrams leave by
+	__u32 tun;          // ifindex of weft's TUN
+};
+
+struct lpm_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct peer {
+	__be32 addr;  // the lease's PublicIP
+	__u32 flags;  // PEER_*
+};
+
+// Counter indexes, per CPU.
+enum counter {
+	TX_PACKETS, TX_BYTES, RX_PACKETS, RX_BYTES,
+	PASS_NO_PEER,      // encap: to userspace, no kernel-decap peer (or none)
+	PASS_NO_NEIGH,     // encap: to userspace, next hop not resolved yet
+	PASS_CHECK,        // decap: to userspace, for its checks and counters
+	ERRORS,            // a helper failed: dropped
+	NUM_COUNTERS,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lpm_key);
+	__type(value, struct peer);
+} peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NUM_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 idx, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+	if (c)
+		*c += n;
+}
+
+static __always_inline struct peer *peer_of(__be32 addr)
+{
+	struct lpm_key key = {.prefixlen = 32, .addr = addr};
+	return bpf_map_lookup_elem(&peers, &key);
+}
+
+static __always_inline __u16 ip_csum(struct iphdr *ip)
+{
+	__u32 sum = 0;
+	__u16 *p = (__u16 *)ip;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*ip) / 2); i++)
+		sum += p[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+struct outer {
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+} __attribute__((packed));
+
+// weft_encap runs at egress of weft's TUN, where a packet starts at its
+// IPv4 header. A packet for a peer that decapsulates in its kernel, whose
+// next hop is resolved, leaves as one datagram (a GSO packet as one per
+// segment: the room is marked as a UDP tunnel) straight from the underlay.
+SEC("tc")
+int weft_encap(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct iphdr *inner = data;
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || (void *)(inner + 1) > end || inner->version != 4)
+		return TC_ACT_UNSPEC;
+	struct peer *p = peer_of(inner->daddr);
+	if (!p || !(p->flags & PEER_KERNEL_DECAP)) {
+		count(PASS_NO_PEER, 1);
+		return TC_ACT_UNSPEC;
+	}
+	__be32 to = p->addr;
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.ipv4_src = cfg->local,
+		.ipv4_dst = to,
+		.ifindex = cfg->underlay,
+	};
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS) {
+		// Not resolved (or no route, or forwarding off on the underlay,
+		// which the lookup requires): weft's socket sends it, and that
+		// resolves the neighbour for the next packets.
+		count(PASS_NO_NEIGH, 1);
+		return TC_ACT_UNSPEC;
+	}
+	__u32 len = skb->len; // the inner packet (for a GSO packet, all of it)
+	if (bpf_skb_adjust_room(skb, OVERHEAD, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP) ||
+	    bpf_skb_change_head(skb, sizeof(struct ethhdr), 0)) {
+		count(ERRORS, 1);
+		return TC_ACT_SHOT;
+	}
+	struct iphdr oip = {
+		.version = 4,
+		.ihl = 5,
+		.tot_len = bpf_htons(len + OVERHEAD),
+		.frag_off = bpf_htons(IP_DF), // as weft's connected socket sends
+		.ttl = 64,
+		.protocol = IPPROTO_UDP,
+		.saddr = cfg->local,
+		.daddr = to,
+	};
+	oip.check = ip_csum(&oip);
+	struct outer h = {.ip = oip};
+	__builtin_memcpy(h.eth.h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(h.eth.h_source, fib.smac, ETH_ALEN);
+	h.eth.h_proto = bpf_htons(ETH_P_IP);
+	h.udp.source = cfg->port;
+	h.udp.dest = cfg->port;
+	h.udp.len = bpf_htons(len + sizeof(struct udphdr));
+	h.udp.check = 0; // valid on IPv4: the inner packet carries its own
+	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)) {
+		count(ERRORS, 1);
+		return TC_ACT_SHOT;
+	}
+	count(TX_PACKETS, 1);
+	count(TX_BYTES, len);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+// weft_decap runs at ingress of the underlay. A datagram to this node's
+// address and backend port that passes weft's ingress policy exactly as
+// the userspace path applies it (one whole, well-formed IPv4 packet; its
+// source in a lease held by the outer source, as -source-check says; its
+// destination in this node's subnet) loses its outer headers and enters
+// weft's TUN as if written there. Everything else goes on to the socket,
+// where weft's userspace path checks, counts and drops it.
+SEC("tc")
+int weft_decap(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	struct iphdr *inner = (void *)(udp + 1);
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || (void *)(inner + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_UNSPEC;
+	if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_OFFSET_MF)) ||
+	    ip->protocol != IPPROTO_UDP || ip->daddr != cfg->local || udp->dest != cfg->port)
+		return TC_ACT_UNSPEC; // not ours, or unusual: the stack's
+	__u32 payload = skb->len - sizeof(struct ethhdr) - OVERHEAD;
+	if (inner->version != 4 || inner->ihl < 5 || bpf_ntohs(inner->tot_len) != payload ||
+	    inner->ihl * 4 > payload || inner->ttl <= 1 ||
+	    (inner->daddr & cfg->subnet_mask) != cfg->subnet)
+		goto pass;
+	if (cfg->source_check != SOURCE_OFF) {
+		struct peer *owner = peer_of(inner->saddr);
+		if (!owner || (cfg->source_check == SOURCE_STRICT && owner->addr != ip->saddr))
+			goto pass;
+	}
+	if (bpf_skb_adjust_room(skb, -(__s32)OVERHEAD, BPF_ADJ_ROOM_MAC, 0)) {
+		count(ERRORS, 1);
+		return TC_ACT_SHOT;
+	}
+	count(RX_PACKETS, 1);
+	count(RX_BYTES, payload);
+	return bpf_redirect(cfg->tun, BPF_F_INGRESS);
+pass:
+	count(PASS_CHECK, 1);
+	return TC_ACT_UNSPEC;
+}
