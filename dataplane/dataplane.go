@@ -21,6 +21,11 @@ import (
 type Peer struct {
 	Subnet netip.Prefix
 	Addr   netip.Addr
+	// KernelDecap: the peer decapsulates flannel's datagrams in its kernel
+	// (its lease says so), so a kernel plane may leave the inner checksums
+	// to offloads when it encapsulates toward it. The userspace plane, whose
+	// datagrams are finished, ignores it.
+	KernelDecap bool
 }
 
 // PeerChange adds or replaces (Remove false) or removes (Remove true; Addr
