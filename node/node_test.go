@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -35,8 +36,9 @@ type fakePlane struct {
 	own  netip.Prefix
 	// peers is the set as the plane would forward with it.
 	peers     map[netip.Prefix]netip.Addr
-	snapshots int // UpdatePeers calls
-	changes   int // ApplyPeers calls
+	kernel    map[netip.Prefix]bool // peers that advertise in-kernel decapsulation
+	snapshots int                   // UpdatePeers calls
+	changes   int                   // ApplyPeers calls
 	stopped   chan struct{}
 }
 
@@ -46,9 +48,9 @@ func (p *fakePlane) UpdatePeers(own netip.Prefix, peers []dataplane.Peer) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.own, p.snapshots = own, p.snapshots+1
-	p.peers = map[netip.Prefix]netip.Addr{}
+	p.peers, p.kernel = map[netip.Prefix]netip.Addr{}, map[netip.Prefix]bool{}
 	for _, pe := range peers {
-		p.peers[pe.Subnet] = pe.Addr
+		p.peers[pe.Subnet], p.kernel[pe.Subnet] = pe.Addr, pe.KernelDecap
 	}
 }
 
@@ -59,8 +61,9 @@ func (p *fakePlane) ApplyPeers(own netip.Prefix, changes []dataplane.PeerChange)
 	for _, c := range changes {
 		if c.Remove {
 			delete(p.peers, c.Subnet)
+			delete(p.kernel, c.Subnet)
 		} else {
-			p.peers[c.Subnet] = c.Addr
+			p.peers[c.Subnet], p.kernel[c.Subnet] = c.Addr, c.KernelDecap
 		}
 	}
 }
@@ -235,11 +238,23 @@ func TestNodeFeedsDataPlane(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	lc, err := n.store.CreateLease(ctx, peerC, subnet.Attrs{PublicIP: netip.MustParseAddr("198.18.40.30")}, subnet.LeaseTTL)
+	// A peer whose lease advertises in-kernel decapsulation is handed to
+	// the planes as such.
+	attrs := subnet.Attrs{PublicIP: netip.MustParseAddr("198.18.40.30")}
+	if err := attrs.SetKernelDecap(true); err != nil {
+		t.Fatal(err)
+	}
+	lc, err := n.store.CreateLease(ctx, peerC, attrs, subnet.LeaseTTL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.waitPlane(t, "after a lease is added", peerA, peerB, peerC)
+	n.plane.mu.Lock()
+	kernel := maps.Clone(n.plane.kernel)
+	n.plane.mu.Unlock()
+	if !kernel[peerC] || kernel[peerA] || kernel[peerB] {
+		t.Errorf("in-kernel decapsulation handed to the plane: %v, want only %s's", kernel, peerC)
+	}
 	if err := n.store.DeleteLease(ctx, lc); err != nil {
 		t.Fatal(err)
 	}

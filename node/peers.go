@@ -49,7 +49,7 @@ func (n *node) publishPeers(leases []subnet.Lease, rev int64) bool {
 		if l.Subnet == p.own {
 			continue
 		}
-		peers = append(peers, dataplane.Peer{Subnet: l.Subnet, Addr: l.Attrs.PublicIP})
+		peers = append(peers, dataplane.Peer{Subnet: l.Subnet, Addr: l.Attrs.PublicIP, KernelDecap: l.Attrs.KernelDecap()})
 		p.addrs[l.Subnet] = l.Attrs.PublicIP
 	}
 	for _, pl := range p.planes {
@@ -73,7 +73,8 @@ func (n *node) applyPeerEvents(events []subnet.Event, rev int64) {
 			continue
 		}
 		c := dataplane.PeerChange{
-			Peer:   dataplane.Peer{Subnet: ev.Lease.Subnet, Addr: ev.Lease.Attrs.PublicIP},
+			Peer: dataplane.Peer{Subnet: ev.Lease.Subnet, Addr: ev.Lease.Attrs.PublicIP,
+				KernelDecap: ev.Lease.Attrs.KernelDecap()},
 			Remove: ev.Type == subnet.EventRemoved,
 		}
 		if c.Remove {
