@@ -85,8 +85,7 @@ func TestUnitXtablesLock(t *testing.T) {
 	sandbox := func(before string) (string, error) {
 		script := "mount --make-rprivate / && mount -t tmpfs none /run && " + before +
 			" mount -o remount,ro /run && iptables-legacy -w 5 -S FORWARD"
-		out, err := exec.Command("ip", "netns", "exec", ns.Name, "unshare", "--mount", "sh", "-c", script).CombinedOutput()
-		return string(out), err
+		return ns.Run("", "unshare", "--mount", "sh", "-c", script)
 	}
 	if out, err := sandbox(""); err == nil || !strings.Contains(out, "xtables.lock") {
 		t.Errorf("without ExecStartPre: %v\n%s\nwant iptables-legacy to fail on its lock: the test shows nothing", err, out)

@@ -60,22 +60,10 @@ func prefixNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
 }
 
-func ping(t *testing.T, ns *netnstest.NS, src, dst netip.Addr, count string) error {
-	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns.Name, "ping", "-n", "-q", "-c", count, "-i", "0.2", "-W", "1",
-		"-I", src.String(), dst.String()).CombinedOutput()
-	if err != nil {
-		return &pingError{err: err, out: string(out)}
-	}
-	return nil
+func ping(ns *netnstest.NS, src, dst netip.Addr, count string) error {
+	_, err := ns.Run("", "ping", "-n", "-q", "-c", count, "-i", "0.2", "-W", "1", "-I", src.String(), dst.String())
+	return err
 }
-
-type pingError struct {
-	err error
-	out string
-}
-
-func (e *pingError) Error() string { return e.err.Error() + "\n" + e.out }
 
 // Both ends in the kernel, in each attach mode: pods ping each other
 // through the programs alone (the TUNs are never read), the counters say
@@ -104,7 +92,7 @@ func TestFastPathBothEnds(t *testing.T) {
 			}
 			// Resolve the underlay neighbours: until then the programs
 			// leave packets to the userspace path (here: nobody).
-			if err := ping(t, nsA, a.under, b.under, "1"); err != nil {
+			if err := ping(nsA, a.under, b.under, "1"); err != nil {
 				t.Fatalf("underlay ping: %v", err)
 			}
 			var atts []*Attachment
@@ -136,7 +124,7 @@ func TestFastPathBothEnds(t *testing.T) {
 					}
 				}
 			}
-			if err := ping(t, nsA, a.pod, b.pod, "5"); err != nil {
+			if err := ping(nsA, a.pod, b.pod, "5"); err != nil {
 				ca, _ := a.progs.Counters()
 				cb, _ := b.progs.Counters()
 				t.Fatalf("pod ping through the kernel path: %v\ncounters A %+v\nB %+v", err, ca, cb)
@@ -154,7 +142,7 @@ func TestFastPathBothEnds(t *testing.T) {
 					t.Errorf("detach: %v", err)
 				}
 			}
-			if err := ping(t, nsA, a.pod, b.pod, "1"); err == nil {
+			if err := ping(nsA, a.pod, b.pod, "1"); err == nil {
 				t.Error("pods still reach each other after detach: the ping above did not show the kernel path")
 			}
 			if clsact {
@@ -168,9 +156,9 @@ func TestFastPathBothEnds(t *testing.T) {
 
 func filters(t *testing.T, ns *netnstest.NS, dev, dir string) string {
 	t.Helper()
-	out, err := exec.Command("ip", "netns", "exec", ns.Name, "tc", "filter", "show", "dev", dev, dir).CombinedOutput()
+	out, err := ns.Run("", "tc", "filter", "show", "dev", dev, dir)
 	if err != nil {
-		t.Fatalf("tc filter show dev %s %s: %v\n%s", dev, dir, err, out)
+		t.Fatal(err)
 	}
-	return string(out)
+	return out
 }

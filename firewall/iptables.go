@@ -101,34 +101,25 @@ var jump = []string{"-m", "comment", "--comment", IptablesComment, "-j", Iptable
 // Join makes filter FORWARD jump, from its end, to weft's chain holding
 // exactly flanneld's two accepts for network. It is idempotent and repairs
 // what was changed or removed (Docker's restart flushes FORWARD); a second
-// jump is removed. It reports whether it changed anything.
+// jump is removed. It reports whether it changed anything. In the steady
+// state it runs the tool twice (one listing of each chain): it runs at
+// every resync.
 func (x *Iptables) Join(network netip.Prefix) (changed bool, err error) {
-	const table = "filter"
-	if ok, err := x.ipt.ChainExists(table, IptablesChain); err != nil {
-		return false, x.wrap("look for chain "+IptablesChain, err)
-	} else if !ok {
-		if err := x.ipt.NewChain(table, IptablesChain); err != nil {
-			return false, x.wrap("create chain "+IptablesChain, err)
-		}
-		changed = true
-	}
-	fixed, err := x.keepAccepts(network)
-	if err != nil {
+	if changed, err = x.keepAccepts(network); err != nil {
 		return changed, err
 	}
-	changed = changed || fixed
 	jumps, err := x.countJumps()
 	if err != nil {
 		return changed, err
 	}
 	for ; jumps > 1; jumps-- {
-		if err := x.ipt.Delete(table, "FORWARD", jump...); err != nil {
+		if err := x.ipt.Delete("filter", "FORWARD", jump...); err != nil {
 			return true, x.wrap("delete a second jump to "+IptablesChain, err)
 		}
 		changed = true
 	}
 	if jumps == 0 {
-		if err := x.ipt.Append(table, "FORWARD", jump...); err != nil {
+		if err := x.ipt.Append("filter", "FORWARD", jump...); err != nil {
 			return changed, x.wrap("append the jump to "+IptablesChain+" to FORWARD", err)
 		}
 		changed = true
@@ -136,35 +127,52 @@ func (x *Iptables) Join(network netip.Prefix) (changed bool, err error) {
 	return changed, nil
 }
 
-// keepAccepts makes weft's chain hold exactly the two accepts, rewriting it
-// whole if anything else is there.
+// keepAccepts makes weft's chain exist and hold exactly the two accepts,
+// rewriting it whole if anything else is there. It compares the chain's
+// listing with the lines the tool prints for them (the same in both back
+// ends), so a chain in order costs one run of the tool.
 func (x *Iptables) keepAccepts(network netip.Prefix) (changed bool, err error) {
-	rules, err := x.ipt.List("filter", IptablesChain)
+	const table = "filter"
+	want := []string{"-N " + IptablesChain}
+	for _, spec := range accepts(network) {
+		want = append(want, "-A "+IptablesChain+" "+render(spec))
+	}
+	rules, err := x.ipt.List(table, IptablesChain)
 	if err != nil {
-		return false, x.wrap("list chain "+IptablesChain, err)
-	}
-	want := accepts(network)
-	ok := len(rules) == len(want)+1 // the -N line, then the rules
-	for _, spec := range want {
-		if !ok {
-			break
+		// Most likely absent (the first join, or removed by hand).
+		ok, cerr := x.ipt.ChainExists(table, IptablesChain)
+		if cerr != nil || ok {
+			return false, x.wrap("list chain "+IptablesChain, err)
 		}
-		if ok, err = x.ipt.Exists("filter", IptablesChain, spec...); err != nil {
-			return false, x.wrap("check chain "+IptablesChain, err)
+		if err := x.ipt.NewChain(table, IptablesChain); err != nil {
+			return false, x.wrap("create chain "+IptablesChain, err)
 		}
+		rules, changed = want[:1], true
 	}
-	if ok {
-		return false, nil
+	if slices.Equal(rules, want) {
+		return changed, nil
 	}
-	if err := x.ipt.ClearChain("filter", IptablesChain); err != nil {
-		return false, x.wrap("flush chain "+IptablesChain, err)
+	if err := x.ipt.ClearChain(table, IptablesChain); err != nil {
+		return changed, x.wrap("flush chain "+IptablesChain, err)
 	}
-	for _, spec := range want {
-		if err := x.ipt.Append("filter", IptablesChain, spec...); err != nil {
+	for _, spec := range accepts(network) {
+		if err := x.ipt.Append(table, IptablesChain, spec...); err != nil {
 			return true, x.wrap("append to chain "+IptablesChain, err)
 		}
 	}
 	return true, nil
+}
+
+// render is a rule as iptables -S prints it: arguments with spaces quoted.
+func render(spec []string) string {
+	out := make([]string, len(spec))
+	for i, a := range spec {
+		if strings.ContainsAny(a, " \t") {
+			a = `"` + a + `"`
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }
 
 // countJumps counts FORWARD's rules that jump to weft's chain.

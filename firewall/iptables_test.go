@@ -37,13 +37,11 @@ COMMIT
 // to it.
 func iptablesIn(t *testing.T, ns *testNS, tool, stdin string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, tool}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
+	out, err := ns.Run(stdin, tool, args...)
 	if err != nil {
-		t.Fatalf("%s %v in %s: %v\n%s", tool, args, ns.Name, err, out)
+		t.Fatal(err)
 	}
-	return string(out)
+	return out
 }
 
 func needIptables(t *testing.T) {

@@ -237,9 +237,8 @@ func TestForwardDropTraffic(t *testing.T) {
 			}
 			iptables := func(args ...string) {
 				t.Helper()
-				out, err := exec.Command("ip", append([]string{"netns", "exec", node.Name, bin}, args...)...).CombinedOutput()
-				if err != nil {
-					t.Fatalf("%s %v: %v\n%s", bin, args, err, out)
+				if _, err := node.Run("", bin, args...); err != nil {
+					t.Fatal(err)
 				}
 			}
 			if !reachable(t, pod, outside, remotePod) {

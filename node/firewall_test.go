@@ -229,13 +229,11 @@ func iptablesIn(t *testing.T, ns *netnstest.NS, tool, stdin string, args ...stri
 	if _, err := exec.LookPath(tool); err != nil {
 		t.Skipf("skipping: needs %s (Debian: apt-get install iptables)", tool)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns.Name, tool}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
+	out, err := ns.Run(stdin, tool, args...)
 	if err != nil {
-		t.Fatalf("%s %v in %s: %v\n%s", tool, args, ns.Name, err, out)
+		t.Fatal(err)
 	}
-	return string(out)
+	return out
 }
 
 // Where iptables' FORWARD drops by default, in either back end, the keeper

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -85,10 +86,7 @@ func (j *iptablesJoiner) join(b firewall.Backend) (bool, error) {
 }
 
 func (j *iptablesJoiner) logJoined(b firewall.Backend, changed bool) {
-	was := false
-	for _, p := range j.joined {
-		was = was || p == b
-	}
+	was := slices.Contains(j.joined, b)
 	switch {
 	case !was && changed:
 		j.log.Info("FORWARD drops by default: joined it with flanneld's accepts for the network, in a chain of weft's own",

@@ -14,13 +14,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/internal/netnstest"
 )
@@ -135,16 +133,7 @@ type container struct {
 // container behind it at the next address, listening on TCP.
 func addContainer(t *testing.T, l *Lab, i int) *container {
 	t.Helper()
-	nsh, err := netns.GetFromName(l.Node(i).NS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nsh.Close() })
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Close)
+	h := l.nodes[i].handle
 	pod := l.Pod(i)
 	pod0, err := h.LinkByName(PodLink)
 	if err != nil {
@@ -200,23 +189,11 @@ func addContainer(t *testing.T, l *Lab, i int) *container {
 // container and reads its greeting.
 func dial(t *testing.T, l *Lab, i int, c *container, timeout time.Duration) error {
 	t.Helper()
-	nsh, err := netns.GetFromName(l.Node(i).NS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nsh.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-		if err := netns.Set(nsh); err != nil {
-			errc <- err
-			return
-		}
+	return inNetns(l.nodes[i].ns, func() error {
 		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: l.Pod(i).Addr().AsSlice()}}
 		conn, err := d.Dial("tcp4", c.ln.Addr().String())
 		if err != nil {
-			errc <- err
-			return
+			return err
 		}
 		defer conn.Close()
 		_ = conn.SetDeadline(time.Now().Add(timeout))
@@ -225,9 +202,8 @@ func dial(t *testing.T, l *Lab, i int, c *container, timeout time.Duration) erro
 		if err == nil && string(buf[:n]) != "container\n" {
 			err = fmt.Errorf("greeting %q", buf[:n])
 		}
-		errc <- err
-	}()
-	return <-errc
+		return err
+	})
 }
 
 // waitDial retries new connections from node 0 until one works, failing the

@@ -10,6 +10,7 @@ package netnstest
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync/atomic"
@@ -121,6 +122,19 @@ func (n *NS) Do(f func() error) error {
 		runtime.UnlockOSThread()
 	}()
 	return f()
+}
+
+// Run runs a command in n (through ip netns exec, as an operator would),
+// with stdin as its input, and returns what it printed, stdout and stderr
+// together; an error says how it ended and carries that output.
+func (n *NS) Run(stdin, name string, args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Name, name}, args...)...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s in %s: %w\n%s", name, strings.Join(args, " "), n.Name, err, out)
+	}
+	return string(out), nil
 }
 
 // Enter creates a namespace as New does and moves the calling goroutine
