@@ -27,13 +27,19 @@ demo: build
 	@[ "$$(id -u)" = 0 ] || { echo "demo needs root (network namespaces): sudo make demo"; exit 1; }
 	./bin/weftlab demo -weft ./bin/weft
 
-# Benchmark against kernel VXLAN, host-gw and bare veth; writes bench/results/.
-# BENCH_SECONDS (per test) and BENCH_ROUNDS shorten or lengthen it.
+# Benchmark weft and weft -fast-path=off against kernel VXLAN, host-gw and
+# bare veth, on the default veth underlay and a NIC-like one (about 25
+# minutes); writes bench/results/. BENCH_SECONDS (per test) and BENCH_ROUNDS
+# shorten or lengthen it, BENCH_PROFILES=default leaves the NIC-like
+# underlay out, BENCH_OUT writes elsewhere.
 bench: build
 	@command -v iperf3 >/dev/null || { echo "bench needs iperf3: apt-get install -y iperf3"; exit 1; }
 	@command -v ping >/dev/null || { echo "bench needs ping: apt-get install -y iputils-ping"; exit 1; }
+	@case "$${BENCH_PROFILES:-default,nic}" in *nic*) command -v ethtool >/dev/null || \
+	  { echo "bench needs ethtool for its NIC-like underlay profile: apt-get install -y ethtool (or BENCH_PROFILES=default)"; exit 1; };; esac
 	@[ "$$(id -u)" = 0 ] || { echo "bench needs root (network namespaces): sudo make bench"; exit 1; }
-	./bin/weftlab bench -weft ./bin/weft -seconds $${BENCH_SECONDS:-10} -rounds $${BENCH_ROUNDS:-3} -out bench/results
+	./bin/weftlab bench -weft ./bin/weft -seconds $${BENCH_SECONDS:-6} -rounds $${BENCH_ROUNDS:-3} \
+	  -profiles $${BENCH_PROFILES:-default,nic} -out $${BENCH_OUT:-bench/results}
 
 # Soak (not part of test): 3 nodes under a TCP stream, pings and lease churn
 # for SOAK_DURATION (default 10m); writes bench/results/soak.md.
@@ -70,8 +76,6 @@ check: $(GOLANGCI)
 	$(GO) vet -tags wgtun . ./tunnel  # the wireguard-go TUN build for bench/README.md's comparison
 	$(GOLANGCI) run ./...
 	$(GOLANGCI) run --build-tags wgtun . ./tunnel
-	cd bench/experiments/tcfast && $(GO) vet ./... && $(GO) test ./...  # its own module: issue #4's eBPF measurement
-	cd bench/experiments/tcfast && $(CURDIR)/$(GOLANGCI) run -c $(CURDIR)/.golangci.yml ./...
 
 # Unit, etcd and (as root) namespace end-to-end tests, with the race detector.
 # Most of their time is waiting (on daemons' timers, etcd outages, backoffs),

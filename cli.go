@@ -59,6 +59,8 @@ type options struct {
 	offload      bool
 	splitDirs    bool
 	offloads     string
+	fastPath     string
+	fastAttach   string
 
 	ignoredLog []string // flanneld's glog/klog flags given, noted at start
 }
@@ -113,6 +115,8 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	fs.BoolVar(&o.offload, "offload", true, "use kernel offloads on the data path (UDP GSO/GRO, TUN TSO and checksums) where the kernel has them; false is the plain path")
 	fs.StringVar(&o.offloads, "offloads", "tun,gso,gro", "with -offload, which offloads to use: tun (TSO, checksum offload and coalesced writes on the TUN), gso (UDP segmentation on send), gro (UDP coalescing on receive); leave one out to work around a kernel bug in it")
+	fs.StringVar(&o.fastPath, "fast-path", "auto", "the in-kernel fast path (eBPF on the TUN and the underlay): auto (where the kernel allows, else the userspace path alone, said once at start), on (exit 1 if it cannot run), off (the userspace path alone)")
+	fs.StringVar(&o.fastAttach, "fast-path-attach", "auto", "how the fast path's programs attach: auto (TCX on Linux 6.6 and later, else a tc clsact qdisc's filters) or clsact (always tc filters, e.g. to run after other tc programs)")
 	fs.BoolVar(&o.splitDirs, "split-directions", false, "forward each direction in a thread of its own instead of one thread polling TUN and socket together (for comparison; slower on few CPUs)")
 	fs.BoolVar(&o.peerMetrics, "peer-metrics", false, "export per-peer traffic counters on /metrics (one series per node: mind the cardinality)")
 	fs.StringVar(&o.sourceCheck, "source-check", "strict", "which datagrams to accept: strict (from the PublicIP of the lease holding the inner source), nat (inner source in any lease, for peers behind NAT), off (any, as flanneld)")

@@ -58,6 +58,13 @@ func (o *options) nodeConfig() (node.Config, error) {
 	if err := o.checkFirewallFlags(); err != nil {
 		return node.Config{}, err
 	}
+	fastPath, err := node.ParseFastPath(o.fastPath)
+	if err != nil {
+		return node.Config{}, err
+	}
+	if o.fastAttach != "auto" && o.fastAttach != "clsact" {
+		return node.Config{}, fmt.Errorf("-fast-path-attach=%s: must be auto or clsact", o.fastAttach)
+	}
 	sel := route.Selector{Ifaces: o.ifaces, Regexes: o.ifaceRegexes}
 	if o.ifaceCanReach != "" {
 		if sel.CanReach, err = netip.ParseAddr(o.ifaceCanReach); err != nil {
@@ -78,7 +85,7 @@ func (o *options) nodeConfig() (node.Config, error) {
 		SplitDirections: o.splitDirs, PeerMetrics: o.peerMetrics,
 		Firewall: node.Firewall{Masquerade: o.ipMasq, FullyRandom: !o.ipMasqFullyRandomDisable,
 			Forward: o.iptablesForwardRules, Resync: time.Duration(o.iptablesResync) * time.Second},
-		OpenTUN: openTUNOverride,
+		FastPath: fastPath, FastPathClsact: o.fastAttach == "clsact", OpenTUN: openTUNOverride,
 	}, nil
 }
 

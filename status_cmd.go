@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -88,6 +89,9 @@ func printStatus(w io.Writer, s *status.Status, now time.Time) {
 		}
 	}
 	fmt.Fprintf(tw, "device\t%s  mtu %d  source check %s  offload %s\n", s.Device, s.MTU, s.SourceCheck, offload)
+	if s.FastPath != nil {
+		fmt.Fprintf(tw, "fast path\t%s\n", fastPathLine(s.FastPath))
+	}
 	if f := s.Firewall; f != nil {
 		state := "rules in place"
 		if !f.InPlace {
@@ -103,18 +107,76 @@ func printStatus(w io.Writer, s *status.Status, now time.Time) {
 		}
 	}
 	c := s.Counters
-	fmt.Fprintf(tw, "traffic\ttx %d packets %s  rx %d packets %s\n", c.TxPackets, humanBytes(c.TxBytes), c.RxPackets, humanBytes(c.RxBytes))
+	fmt.Fprintf(tw, "traffic\t%s\n", trafficLine(c))
 	fmt.Fprintf(tw, "drops\t%s\n", formatCounts(c.Drops))
+	if len(c.Handoffs) > 0 {
+		fmt.Fprintf(tw, "handoffs\t%s (kernel to userspace path)\n", formatCounts(c.Handoffs))
+	}
 	fmt.Fprintf(tw, "peers\t%d\n", len(s.Peers))
 	tw.Flush()
-	if len(s.Peers) > 0 {
-		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  SUBNET\tPUBLIC IP\tTX\tRX")
-		for _, p := range s.Peers {
-			fmt.Fprintf(tw, "  %s\t%s\t%d pkts %s\t%d pkts %s\n", p.Subnet, p.PublicIP,
-				p.TxPackets, humanBytes(p.TxBytes), p.RxPackets, humanBytes(p.RxBytes))
+	printPeers(w, s.Peers)
+}
+
+// fastPathLine says whether the kernel fast path runs, and the flag that
+// asked for it, so an auto that fell back is told from an off.
+func fastPathLine(f *status.FastPath) string {
+	flag := fmt.Sprintf("(-fast-path=%s)", f.Mode)
+	switch {
+	case f.Running && f.Attach != "" && strings.HasPrefix(f.SuperPackets, status.PathUserspace):
+		return fmt.Sprintf("kernel, attached by %s %s; TCP super-packets: %s", f.Attach, flag, f.SuperPackets)
+	case f.Running && f.Attach != "":
+		return fmt.Sprintf("kernel, attached by %s %s", f.Attach, flag)
+	case f.Running:
+		return "kernel " + flag
+	case f.Mode == "off":
+		return "off " + flag
+	case f.Reason != "":
+		return fmt.Sprintf("not running: %s %s", f.Reason, flag)
+	}
+	return "not running " + flag
+}
+
+// trafficLine is the totals; once the kernel path has carried traffic,
+// each direction's packets are split by path too.
+func trafficLine(c status.Counters) string {
+	k := c.Paths[status.PathKernel]
+	split := k.TxPackets+k.RxPackets > 0
+	dir := func(name string, packets, bytes uint64, of func(status.Traffic) uint64) string {
+		s := fmt.Sprintf("%s %d packets", name, packets)
+		if split {
+			var parts []string
+			for _, p := range slices.Sorted(maps.Keys(c.Paths)) { // kernel, userspace
+				parts = append(parts, fmt.Sprintf("%s %d", p, of(c.Paths[p])))
+			}
+			s += " (" + strings.Join(parts, ", ") + ")"
 		}
-		tw.Flush()
+		return s + " " + humanBytes(bytes)
+	}
+	return dir("tx", c.TxPackets, c.TxBytes, func(t status.Traffic) uint64 { return t.TxPackets }) + "  " +
+		dir("rx", c.RxPackets, c.RxBytes, func(t status.Traffic) uint64 { return t.RxPackets })
+}
+
+// printPeers lists the peers with the path this node's packets to each take.
+func printPeers(w io.Writer, peers []status.Peer) {
+	if len(peers) == 0 {
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  SUBNET\tPUBLIC IP\tPATH\tTX\tRX")
+	kernel := false
+	for _, p := range peers {
+		path := p.Path
+		if path == "" { // a daemon from before the fast path
+			path = "-"
+		}
+		kernel = kernel || p.Path == status.PathKernel
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d pkts %s\t%d pkts %s\n", p.Subnet, p.PublicIP, path,
+			p.TxPackets, humanBytes(p.TxBytes), p.RxPackets, humanBytes(p.RxBytes))
+	}
+	tw.Flush()
+	if kernel {
+		// Otherwise a busy kernel peer's near-zero counters look like a fault.
+		fmt.Fprintln(w, "  (the kernel keeps no per-peer counters: a kernel peer's TX and RX count weft's process only)")
 	}
 }
 

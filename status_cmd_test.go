@@ -23,10 +23,14 @@ func testHealth() *status.Health {
 	h.SetEtcdUp(true)
 	h.SetLease(status.Lease{Subnet: netip.MustParsePrefix("198.19.7.0/24"), PublicIP: netip.MustParseAddr("198.18.0.2"),
 		Expiration: time.Now().Add(23 * time.Hour)})
-	h.SetDataPlane("udp0", 1472, func(bool) dataplane.Report {
-		return dataplane.Report{Peers: 1, Counters: dataplane.Counters{Drops: map[string]uint64{"no_route": 0}},
-			PeerTraffic: []dataplane.PeerTraffic{{Peer: dataplane.Peer{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}}}}
-	})
+	peer := dataplane.Peer{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3"), KernelDecap: true}
+	h.SetDataPlane("udp0", 1472, status.PlaneReport{Path: status.PathUserspace, Report: func(bool) dataplane.Report {
+		return dataplane.Report{Peers: 1, Counters: dataplane.Counters{TxPackets: 34, RxPackets: 5, Drops: map[string]uint64{"no_route": 0}},
+			PeerTraffic: []dataplane.PeerTraffic{{Peer: peer}}}
+	}}, status.PlaneReport{Path: status.PathKernel, Report: func(bool) dataplane.Report {
+		return dataplane.Report{Peers: 1, Counters: dataplane.Counters{TxPackets: 1200, RxPackets: 900}, PeerTraffic: []dataplane.PeerTraffic{{Peer: peer}}}
+	}})
+	h.SetFastPath(status.FastPath{Mode: "auto", Running: true, Attach: "tcx"})
 	h.SetFirewall(status.Firewall{ForwardRules: true, InPlace: true, ForwardDrops: []string{"table inet firewalld chain filter_FORWARD"},
 		Joined: []string{"iptables-nft filter FORWARD"}})
 	h.SetReady()
@@ -48,8 +52,10 @@ func TestStatusCommandOverSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"ready", "198.19.7.0/24", "198.18.0.2", "etcd", "up", "198.19.8.0/24", "198.18.0.3", "source check strict", "drops",
-		"firewall  masquerade off  forward rules on  rules in place", "DROPPED by default in table inet firewalld chain filter_FORWARD",
-		"joined iptables-nft filter FORWARD (it drops by default)"} {
+		"firewall   masquerade off  forward rules on  rules in place", "DROPPED by default in table inet firewalld chain filter_FORWARD",
+		"joined iptables-nft filter FORWARD (it drops by default)",
+		"fast path  kernel, attached by tcx (-fast-path=auto)", "tx 1234 packets (kernel 1200, userspace 34)", "rx 905 packets (kernel 900, userspace 5)",
+		"PATH", "198.18.0.3  kernel"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status output lacks %q:\n%s", want, out.String())
 		}
@@ -58,12 +64,62 @@ func TestStatusCommandOverSocket(t *testing.T) {
 	if err := execute(context.Background(), []string{"status", "--socket", sock, "-o", "json"}, &out, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), `"publicIP": "198.18.0.2"`) {
+	if !strings.Contains(out.String(), `"publicIP": "198.18.0.2"`) || !strings.Contains(out.String(), `"fastPath": {`) {
 		t.Errorf("json status:\n%s", out.String())
 	}
 	if err := execute(context.Background(), []string{"status", "--socket", filepath.Join(t.TempDir(), "none.sock")}, &out, &bytes.Buffer{}); err == nil ||
 		!strings.Contains(err.Error(), "no weft daemon answers") {
 		t.Errorf("status without a daemon: %v", err)
+	}
+}
+
+// The fast path line tells running, fallen back and off apart; the traffic
+// is split by path only once the kernel path carried some.
+func TestPrintStatusFastPath(t *testing.T) {
+	user := map[string]status.Traffic{status.PathUserspace: {TxPackets: 34, RxPackets: 5}, status.PathKernel: {}}
+	for _, tc := range []struct {
+		name  string
+		fp    *status.FastPath
+		paths map[string]status.Traffic
+		want  []string
+		not   []string
+	}{
+		{"fell back", &status.FastPath{Mode: "auto", Reason: "no BTF in this kernel"}, user,
+			[]string{"fast path  not running: no BTF in this kernel (-fast-path=auto)", "tx 34 packets 0 B", "rx 5 packets 0 B", "198.18.0.3  userspace"},
+			[]string{"(kernel", "kernel keeps no per-peer counters"}},
+		{"off", &status.FastPath{Mode: "off", Reason: "-fast-path=off"}, user,
+			[]string{"fast path  off (-fast-path=off)"}, []string{"not running"}},
+		{"clsact", &status.FastPath{Mode: "on", Running: true, Attach: "clsact"},
+			map[string]status.Traffic{status.PathUserspace: {TxPackets: 34, RxPackets: 5}, status.PathKernel: {RxPackets: 7}},
+			[]string{"fast path  kernel, attached by clsact (-fast-path=on)", "tx 34 packets (kernel 0, userspace 34)", "rx 12 packets (kernel 7, userspace 5)"}, nil},
+		{"super-packets by userspace", &status.FastPath{Mode: "auto", Running: true, Attach: "tcx", SuperPackets: "userspace (eth0 cannot segment UDP tunnel packets)"}, user,
+			[]string{"fast path  kernel, attached by tcx (-fast-path=auto); TCP super-packets: userspace (eth0 cannot segment UDP tunnel packets)"}, nil},
+		{"old daemon", nil, nil, []string{"tx 34 packets 0 B", "198.18.0.3  -"}, []string{"fast path"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var rx uint64
+			for _, p := range tc.paths {
+				rx += p.RxPackets
+			}
+			s := &status.Status{Ready: true, FastPath: tc.fp,
+				Counters: status.Counters{TxPackets: 34, RxPackets: max(rx, 5), Paths: tc.paths},
+				Peers:    []status.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), PublicIP: netip.MustParseAddr("198.18.0.3")}}}
+			if tc.paths != nil {
+				s.Peers[0].Path = status.PathUserspace
+			}
+			var out bytes.Buffer
+			printStatus(&out, s, time.Now())
+			for _, w := range tc.want {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+			for _, w := range tc.not {
+				if strings.Contains(out.String(), w) {
+					t.Errorf("output has %q:\n%s", w, out.String())
+				}
+			}
+		})
 	}
 }
 

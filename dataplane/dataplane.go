@@ -75,6 +75,9 @@ type Counters struct {
 	// Drops counts discarded packets by reason, with every reason the
 	// plane knows present (zeros too), so a scrape sees each from the start.
 	Drops map[string]uint64
+	// Handoffs counts packets the plane left to another plane (the kernel
+	// plane's to the userspace one), by reason, zeros too.
+	Handoffs map[string]uint64
 }
 
 // PeerTraffic is a snapshot of one peer and its counters.
@@ -96,3 +99,11 @@ type Offloads struct {
 
 // Any reports whether any offload is in use.
 func (o Offloads) Any() bool { return o.TUNVnetHdr || o.UDPGSO || o.UDPGRO }
+
+// Repairer is a plane that holds kernel state others may take away (hooks
+// on devices): the node's route check calls Repair to put it back, as it
+// re-applies the device's address and route.
+type Repairer interface {
+	// Repair restores what was taken and says what it did.
+	Repair() (done []string, err error)
+}

@@ -664,3 +664,27 @@ func (s *Store) probeTLS() error {
 	}
 	return nil
 }
+
+// PutLeaseAttrs rewrites the value of l's key with l.Attrs, only while the
+// key is still attached to l's etcd lease (ID 0: a reservation, attached to
+// none), which it keeps. A key that is gone or now on another etcd lease is
+// an error wrapping subnet.ErrLeaseNotFound; nothing is written then.
+// flanneld rewrites its lease's value at every start the same way.
+func (s *Store) PutLeaseAttrs(ctx context.Context, l subnet.Lease) error {
+	key := s.LeaseKey(l.Subnet)
+	value, err := l.Attrs.MarshalJSON()
+	if err != nil {
+		return fmt.Errorf("put lease %s: encode value: %w", key, err)
+	}
+	txn, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Version(key), ">", 0), clientv3.Compare(clientv3.LeaseValue(key), "=", l.ID)).
+		Then(clientv3.OpPut(key, string(value), clientv3.WithIgnoreLease())).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("put lease %s: %w", key, s.callErr(err))
+	}
+	if !txn.Succeeded {
+		return fmt.Errorf("put lease %s: key gone or not on etcd lease %016x: %w", key, l.ID, subnet.ErrLeaseNotFound)
+	}
+	return nil
+}

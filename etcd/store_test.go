@@ -1119,3 +1119,75 @@ func TestUsernamePassword(t *testing.T) {
 		t.Error("reading without credentials succeeded with auth on")
 	}
 }
+
+// TestPutLeaseAttrs: the node rewrites its lease's value (the fast path's
+// advertisement) in place: same etcd lease, same TTL, a reservation stays
+// one, and a key that is gone or someone else's is left alone.
+func TestPutLeaseAttrs(t *testing.T) {
+	ep := etcdtest.Start(t)
+	ctx := testCtx(t)
+	s, _ := newStore(t, ep)
+	cli := rawClient(t, ep)
+
+	l, err := s.CreateLease(ctx, subnetA, attrs(t, valueA), subnet.LeaseTTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Attrs.SetKernelDecap(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutLeaseAttrs(ctx, l); err != nil {
+		t.Fatalf("PutLeaseAttrs: %v", err)
+	}
+	v, id, _ := getKV(t, ctx, cli, s.LeaseKey(subnetA))
+	if id != l.ID || !strings.Contains(v, `"BackendData":{"WeftDecap":"kernel"}`) {
+		t.Errorf("after put: value %s on lease %x, want the advertisement on %x", v, id, l.ID)
+	}
+	if ids := etcdLeases(t, ctx, cli); !slices.Equal(ids, []int64{l.ID}) {
+		t.Errorf("etcd leases = %x, want only %x", ids, l.ID)
+	}
+
+	t.Run("reservation", func(t *testing.T) {
+		if _, err := cli.Put(ctx, s.LeaseKey(subnetB), valueA); err != nil {
+			t.Fatal(err)
+		}
+		r := subnet.Lease{Subnet: subnetB, Attrs: attrs(t, valueA)}
+		if err := r.Attrs.SetKernelDecap(true); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutLeaseAttrs(ctx, r); err != nil {
+			t.Fatalf("PutLeaseAttrs(reservation): %v", err)
+		}
+		if v, id, _ := getKV(t, ctx, cli, s.LeaseKey(subnetB)); id != 0 || !strings.Contains(v, "WeftDecap") {
+			t.Errorf("reservation now %s on lease %x, want the advertisement and no lease", v, id)
+		}
+	})
+
+	t.Run("key on another lease", func(t *testing.T) {
+		g, err := cli.Grant(ctx, 3600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cli.Put(ctx, s.LeaseKey(subnetA), valueA, clientv3.WithLease(g.ID)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutLeaseAttrs(ctx, l); !errors.Is(err, subnet.ErrLeaseNotFound) {
+			t.Fatalf("PutLeaseAttrs: err = %v, want ErrLeaseNotFound", err)
+		}
+		if v, id, _ := getKV(t, ctx, cli, s.LeaseKey(subnetA)); v != valueA || id != int64(g.ID) {
+			t.Errorf("other node's key disturbed: %s on %x", v, id)
+		}
+	})
+
+	t.Run("key deleted", func(t *testing.T) {
+		if _, err := cli.Delete(ctx, s.LeaseKey(subnetA)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutLeaseAttrs(ctx, l); !errors.Is(err, subnet.ErrLeaseNotFound) {
+			t.Fatalf("PutLeaseAttrs: err = %v, want ErrLeaseNotFound", err)
+		}
+		if _, _, ok := getKV(t, ctx, cli, s.LeaseKey(subnetA)); ok {
+			t.Error("a deleted key was written again")
+		}
+	})
+}

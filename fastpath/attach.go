@@ -23,9 +23,9 @@ const (
 	ModeClsact Mode = "clsact"
 )
 
-// clsactPriority is the filter priority weft's filters take: after the
+// ClsactPriority is the filter priority weft's filters take: after the
 // usual 1 (Cilium's, tc's default), so that programs there run first.
-const clsactPriority = 0xc0de
+const ClsactPriority = 0xc0de
 
 // Attachment is the two programs on their hooks.
 type Attachment struct {
@@ -98,9 +98,15 @@ func replaceFilter(nl *netlink.Handle, ifindex int, parent uint32, name string, 
 		return nil, err
 	}
 	f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: parent, Handle: 1,
-		Protocol: unix.ETH_P_ALL, Priority: clsactPriority}, Fd: prog.FD(), Name: name, DirectAction: true}
+		Protocol: unix.ETH_P_ALL, Priority: ClsactPriority}, Fd: prog.FD(), Name: name, DirectAction: true}
 	if err := nl.FilterAdd(f); err != nil {
 		return nil, fmt.Errorf("fastpath: add %s filter to ifindex %d: %w", name, ifindex, err)
+	}
+	// The program's ID is how a listed filter is known to be this one.
+	if info, err := prog.Info(); err == nil {
+		if id, ok := info.ID(); ok {
+			f.Id = int(id)
+		}
 	}
 	return f, nil
 }
@@ -116,7 +122,7 @@ func deleteFilters(nl *netlink.Handle, ifindex int, parent uint32, name string) 
 		return fmt.Errorf("fastpath: list filters of %s: %w", link.Attrs().Name, err)
 	}
 	for _, f := range filters {
-		if b, ok := f.(*netlink.BpfFilter); ok && b.Name == name && b.Priority == clsactPriority {
+		if b, ok := f.(*netlink.BpfFilter); ok && b.Name == name && b.Priority == ClsactPriority {
 			if err := nl.FilterDel(b); err != nil {
 				return fmt.Errorf("fastpath: delete an earlier run's %s filter on %s: %w", name, link.Attrs().Name, err)
 			}
@@ -139,4 +145,74 @@ func (a *Attachment) Detach() error {
 	}
 	a.links, a.filters = nil, nil
 	return errors.Join(errs...)
+}
+
+// Intact reports whether both programs are still on their hooks: an
+// operator's `tc qdisc del dev eth0 clsact`, or another tool detaching TCX
+// links, takes them off without weft noticing otherwise.
+func (a *Attachment) Intact() (bool, error) {
+	for _, l := range a.links {
+		info, err := l.Info()
+		if err != nil {
+			return false, fmt.Errorf("fastpath: read TCX link: %w", err)
+		}
+		// A detached TCX link reports no device.
+		if tcx := info.TCX(); tcx == nil || tcx.Ifindex == 0 {
+			return false, nil
+		}
+	}
+	for _, f := range a.filters {
+		link, err := a.nl.LinkByIndex(f.LinkIndex)
+		if err != nil {
+			return false, fmt.Errorf("fastpath: find ifindex %d: %w", f.LinkIndex, err)
+		}
+		filters, err := a.nl.FilterList(link, f.Parent)
+		if err != nil && !errors.Is(err, unix.EINVAL) { // EINVAL: the qdisc is gone
+			return false, fmt.Errorf("fastpath: list filters of %s: %w", link.Attrs().Name, err)
+		}
+		found := false
+		for _, g := range filters {
+			if b, ok := g.(*netlink.BpfFilter); ok && b.Name == f.Name && b.Priority == f.Priority && b.Id == f.Id {
+				found = true
+			}
+		}
+		if !found {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// RemoveLeftovers deletes the filters of weft's names and priority that a
+// killed run left at ifindex's ingress (the underlay) and egress (a TUN of
+// the same name is new, but a clsact qdisc on it may not be), whatever the
+// mode of this run: a stale weft_decap would redirect every datagram to a
+// TUN that is gone. TCX links go with the process that held them. It says
+// what it removed; a device without a clsact qdisc has nothing to remove.
+func RemoveLeftovers(nl *netlink.Handle, ifindex int) ([]string, error) {
+	link, err := nl.LinkByIndex(ifindex)
+	if err != nil {
+		return nil, fmt.Errorf("fastpath: find ifindex %d: %w", ifindex, err)
+	}
+	var removed []string
+	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
+		filters, err := nl.FilterList(link, parent)
+		if err != nil {
+			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) { // no clsact qdisc
+				continue
+			}
+			return removed, fmt.Errorf("fastpath: list filters of %s: %w", link.Attrs().Name, err)
+		}
+		for _, f := range filters {
+			b, ok := f.(*netlink.BpfFilter)
+			if !ok || b.Priority != ClsactPriority || (b.Name != "weft_encap" && b.Name != "weft_decap") {
+				continue
+			}
+			if err := nl.FilterDel(b); err != nil {
+				return removed, fmt.Errorf("fastpath: delete an earlier run's %s filter on %s: %w", b.Name, link.Attrs().Name, err)
+			}
+			removed = append(removed, b.Name+" on "+link.Attrs().Name)
+		}
+	}
+	return removed, nil
 }

@@ -33,7 +33,15 @@ type Config struct {
 	SourceCheck uint8        // as tunnel.SourceCheck: 0 strict, 1 nat, 2 off
 	Underlay    int          // ifindex of the underlay interface
 	TUN         int          // ifindex of weft's TUN
+	// GSOToUserspace leaves TCP super-packets to the userspace path: for
+	// an underlay that cannot segment UDP tunnel packets (no
+	// tx-udp_tnl-segmentation), where the kernel would segment them in
+	// software, slower than the userspace path's UDP GSO.
+	GSOToUserspace bool
 }
+
+// Config flags, as bpf/weft.c has them.
+const cfgGSOToUserspace = 1
 
 // Peer flags, as bpf/weft.c has them.
 const peerKernelDecap = 1
@@ -48,6 +56,7 @@ const (
 	ctrPassNoNeigh
 	ctrPassCheck
 	ctrErrors
+	ctrPassGSO
 	numCounters
 )
 
@@ -83,6 +92,9 @@ func Load(c Config) (*Programs, error) {
 		SourceCheck: c.SourceCheck,
 		Underlay:    uint32(c.Underlay),
 		Tun:         uint32(c.TUN),
+	}
+	if c.GSOToUserspace {
+		cfg.Flags |= cfgGSOToUserspace
 	}
 	if err := p.objs.Config.Put(uint32(0), &cfg); err != nil {
 		p.Close()
@@ -122,6 +134,7 @@ func (p *Programs) DeletePeer(subnet netip.Prefix) error {
 type Counters struct {
 	TxPackets, TxBytes, RxPackets, RxBytes uint64
 	PassNoPeer, PassNoNeigh, PassCheck     uint64 // packets left to the userspace path
+	PassGSO                                uint64 // super-packets left to it (Config.GSOToUserspace)
 	Errors                                 uint64 // helper failures: dropped
 }
 
@@ -139,7 +152,7 @@ func (p *Programs) Counters() (Counters, error) {
 	}
 	return Counters{TxPackets: sums[ctrTxPackets], TxBytes: sums[ctrTxBytes], RxPackets: sums[ctrRxPackets],
 		RxBytes: sums[ctrRxBytes], PassNoPeer: sums[ctrPassNoPeer], PassNoNeigh: sums[ctrPassNoNeigh],
-		PassCheck: sums[ctrPassCheck], Errors: sums[ctrErrors]}, nil
+		PassCheck: sums[ctrPassCheck], PassGSO: sums[ctrPassGSO], Errors: sums[ctrErrors]}, nil
 }
 
 func lpmKey(p netip.Prefix) weftLpmKey {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/weft-net/weft/internal/netnstest"
@@ -161,4 +162,74 @@ func filters(t *testing.T, ns *netnstest.NS, dev, dir string) string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A program taken off its hook by someone else (a tc qdisc deleted, a TCX
+// link detached through its ID) is noticed and put back by Repair, once.
+func TestPlaneRepair(t *testing.T) {
+	netnstest.SkipUnlessRoot(t)
+	for _, clsact := range []bool{false, true} {
+		name := map[bool]string{false: "tcx", true: "clsact"}[clsact]
+		t.Run(name, func(t *testing.T) {
+			ns, peer := netnstest.New(t), netnstest.New(t)
+			netnstest.Veth{A: netnstest.End{NS: ns, Name: "ul", Addr: "198.18.51.1/24"},
+				B: netnstest.End{NS: peer, Name: "ul", Addr: "198.18.51.2/24"}}.Add(t)
+			n := newFPNode(t, ns, "198.18.51.1", "198.19.1.0/24")
+			attach := func(p *Programs) (a *Attachment, err error) {
+				err = ns.Do(func() (err error) { a, err = p.Attach(ns.Netlink, n.tun, n.ul, clsact); return err })
+				return a, err
+			}
+			a, err := attach(n.progs)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pl := NewPlane(n.progs, a, nil)
+			pl.Reattach = attach
+			t.Cleanup(func() {
+				pl.amu.Lock()
+				defer pl.amu.Unlock()
+				if err := pl.attach.Detach(); err != nil {
+					t.Error(err)
+				}
+			})
+			if did, err := pl.Repair(); err != nil || len(did) != 0 {
+				t.Fatalf("repair of an intact attachment: %v, %v; want nothing done", did, err)
+			}
+			if clsact {
+				if _, err := ns.Run("", "tc", "qdisc", "del", "dev", "ul", "clsact"); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				info, err := a.links[1].Info()
+				if err != nil {
+					t.Fatal(err)
+				}
+				other, err := link.NewFromID(info.ID) // as another tool would
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := other.Detach(); err != nil {
+					t.Fatal(err)
+				}
+				other.Close()
+			}
+			if ok, err := a.Intact(); err != nil || ok {
+				t.Fatalf("after the decap program was taken off: intact %v, %v", ok, err)
+			}
+			did, err := pl.Repair()
+			if err != nil || len(did) != 1 {
+				t.Fatalf("repair: %v, %v; want one re-attach", did, err)
+			}
+			if ok, err := pl.attach.Intact(); err != nil || !ok {
+				t.Errorf("after repair: intact %v, %v", ok, err)
+			}
+			if clsact {
+				for _, f := range []struct{ dev, dir, name string }{{"udp0", "egress", "weft_encap"}, {"ul", "ingress", "weft_decap"}} {
+					if got := filters(t, ns, f.dev, f.dir); strings.Count(got, "handle 0x1 "+f.name) != 1 {
+						t.Errorf("%s %s after repair:\n%s", f.dev, f.dir, got)
+					}
+				}
+			}
+		})
+	}
 }

@@ -2,8 +2,12 @@ package fastpath
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"sync"
 	"sync/atomic"
 
 	"github.com/weft-net/weft/dataplane"
@@ -18,9 +22,17 @@ type Plane struct {
 	progs  *Programs
 	attach *Attachment
 	log    *slog.Logger
+	// Reattach, if set, attaches the programs again (in the devices'
+	// namespace), for Repair.
+	Reattach func(*Programs) (*Attachment, error)
+	// amu guards attach and closed between Repair and Run's end.
+	amu    sync.Mutex
+	closed bool
 	// held is what the peer map holds, by masked subnet: snapshots are
-	// diffed against it, so the map changes by what changed. Control plane
-	// only (UpdatePeers and ApplyPeers never run concurrently).
+	// diffed against it, so the map changes by what changed. Written by
+	// the control plane only (UpdatePeers and ApplyPeers never run
+	// concurrently); mu guards it against Report.
+	mu         sync.Mutex
 	held       map[netip.Prefix]dataplane.Peer
 	count      atomic.Int64 // len(held), for Report from any goroutine
 	mapErrors  uint64       // map writes that failed: the entry is then stale
@@ -88,7 +100,9 @@ func (pl *Plane) set(p dataplane.Peer) {
 		pl.mapFailed(err)
 		return
 	}
+	pl.mu.Lock()
 	pl.held[p.Subnet] = p
+	pl.mu.Unlock()
 	pl.count.Store(int64(len(pl.held)))
 }
 
@@ -97,7 +111,9 @@ func (pl *Plane) remove(s netip.Prefix) {
 		pl.mapFailed(err)
 		return
 	}
+	pl.mu.Lock()
 	delete(pl.held, s)
+	pl.mu.Unlock()
 	pl.count.Store(int64(len(pl.held)))
 }
 
@@ -112,10 +128,35 @@ func (pl *Plane) mapFailed(err error) {
 	}
 }
 
+// Repair attaches the programs again if they were taken off their hooks,
+// saying so. It runs on the control plane's route check, never
+// concurrently with Run's end.
+func (pl *Plane) Repair() ([]string, error) {
+	pl.amu.Lock()
+	defer pl.amu.Unlock()
+	if pl.attach == nil || pl.Reattach == nil || pl.closed {
+		return nil, nil
+	}
+	ok, err := pl.attach.Intact()
+	if err != nil || ok {
+		return nil, err
+	}
+	derr := pl.attach.Detach() // what is left of the set
+	a, err := pl.Reattach(pl.progs)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("fastpath: re-attach: %w", err), derr)
+	}
+	pl.attach = a
+	return []string{"re-attached the fast path's programs (" + string(a.Mode) + "), which were taken off their hooks"}, nil
+}
+
 // Run implements dataplane.Plane: the programs work on their own; at the
 // end it detaches them and releases programs and maps.
 func (pl *Plane) Run(ctx context.Context) error {
 	<-ctx.Done()
+	pl.amu.Lock()
+	defer pl.amu.Unlock()
+	pl.closed = true
 	var err error
 	if pl.attach != nil {
 		err = pl.attach.Detach()
@@ -126,15 +167,55 @@ func (pl *Plane) Run(ctx context.Context) error {
 	return err
 }
 
+// DropKernelError is the drop reason of packets the programs dropped
+// because a helper failed (the kernel out of memory, mostly); everything
+// else the programs do not take goes on to the userspace path, which
+// counts its drops under its own reasons.
+const DropKernelError = "kernel_error"
+
+// Reasons the programs leave a packet to the userspace path.
+const (
+	// HandoffNoKernelPeer: sent to a peer that does not decapsulate in
+	// its kernel, or to no peer (the userspace path counts it no_route).
+	HandoffNoKernelPeer = "no_kernel_peer"
+	// HandoffNextHop: the underlay's next hop is not resolved yet (or
+	// forwarding is off): the userspace send resolves it.
+	HandoffNextHop = "next_hop_unresolved"
+	// HandoffIngressPolicy: a datagram to weft's port that is not one
+	// whole, well-formed packet passing the ingress policy (a coalesced
+	// UDP GRO packet is one too): the userspace path checks, splits or
+	// drops it, counting its drops by reason.
+	HandoffIngressPolicy = "ingress_policy"
+	// HandoffSuperPacket: a TCP super-packet, left to the userspace
+	// path's UDP GSO where the underlay cannot segment UDP tunnel packets
+	// (Config.GSOToUserspace).
+	HandoffSuperPacket = "super_packet"
+)
+
 // Report implements dataplane.Plane, from any goroutine. The programs keep
-// no per-peer counters, and drop nothing themselves but on a helper's
-// failure.
-func (pl *Plane) Report(bool) dataplane.Report {
-	r := dataplane.Report{Peers: int(pl.count.Load()), Counters: dataplane.Counters{Drops: map[string]uint64{}}}
+// no per-peer counters: with withPeers, PeerTraffic lists the peers whose
+// packets the kernel encapsulates, with zero counters.
+func (pl *Plane) Report(withPeers bool) dataplane.Report {
+	r := dataplane.Report{Peers: int(pl.count.Load()), Counters: dataplane.Counters{Drops: map[string]uint64{DropKernelError: 0}}}
+	if withPeers {
+		pl.mu.Lock()
+		for _, p := range pl.held {
+			if p.KernelDecap {
+				r.PeerTraffic = append(r.PeerTraffic, dataplane.PeerTraffic{Peer: p})
+			}
+		}
+		pl.mu.Unlock()
+		slices.SortFunc(r.PeerTraffic, func(a, b dataplane.PeerTraffic) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
+	}
 	c, err := pl.progs.Counters()
 	if err != nil {
 		return r
 	}
 	r.Counters.TxPackets, r.Counters.TxBytes, r.Counters.RxPackets, r.Counters.RxBytes = c.TxPackets, c.TxBytes, c.RxPackets, c.RxBytes
+	r.Counters.Drops[DropKernelError] = c.Errors
+	r.Counters.Handoffs = map[string]uint64{
+		HandoffNoKernelPeer: c.PassNoPeer, HandoffNextHop: c.PassNoNeigh, HandoffIngressPolicy: c.PassCheck,
+		HandoffSuperPacket: c.PassGSO,
+	}
 	return r
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"maps"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/weft-net/weft/dataplane"
@@ -64,6 +65,16 @@ func TestPlaneFeedsPeerMap(t *testing.T) {
 		}
 		if r := pl.Report(false); r.Peers != len(want) {
 			t.Errorf("%s: report %d peers, want %d", what, r.Peers, len(want))
+		}
+		// The report lists the peers the kernel encapsulates toward.
+		var kernel []dataplane.PeerTraffic
+		for _, x := range want {
+			if x.KernelDecap {
+				kernel = append(kernel, dataplane.PeerTraffic{Peer: x})
+			}
+		}
+		if got := pl.Report(true).PeerTraffic; !slices.Equal(got, kernel) {
+			t.Errorf("%s: report lists %v, want %v", what, got, kernel)
 		}
 	}
 	pl.UpdatePeers(own, []dataplane.Peer{a, b, peer("198.19.1.0/24", "198.18.60.1", true), peer("198.19.5.0/24", "fd00::5", true)})

@@ -20,7 +20,7 @@ type weftConfig struct {
 	SubnetMask  uint32
 	Port        uint16
 	SourceCheck uint8
-	Pad         uint8
+	Flags       uint8
 	Underlay    uint32
 	Tun         uint32
 }

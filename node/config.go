@@ -43,9 +43,38 @@ type Config struct {
 	SplitDirections bool
 	PeerMetrics     bool
 	Firewall        Firewall
+	// FastPath is -fast-path: whether the kernel data plane runs beside
+	// the userspace one.
+	FastPath FastPathMode
+	// FastPathClsact attaches the fast path by tc clsact filters even where
+	// the kernel has TCX (-fast-path-attach=clsact), to order weft among
+	// other tc programs as an operator's tools expect.
+	FastPathClsact bool
 	// OpenTUN, if set, opens the TUN in place of tunnel.OpenTUNConfig (the
 	// wireguard-go comparison build).
 	OpenTUN func(name string, mtu int) (tunnel.Device, error)
+}
+
+// FastPathMode is -fast-path.
+type FastPathMode string
+
+const (
+	// FastPathAuto attaches the kernel fast path where the kernel allows,
+	// else says once why and runs the userspace path alone.
+	FastPathAuto FastPathMode = "auto"
+	// FastPathOn fails the start, saying why, if the fast path cannot run.
+	FastPathOn FastPathMode = "on"
+	// FastPathOff runs the userspace path alone.
+	FastPathOff FastPathMode = "off"
+)
+
+// ParseFastPath checks -fast-path's value.
+func ParseFastPath(s string) (FastPathMode, error) {
+	switch m := FastPathMode(strings.TrimSpace(s)); m {
+	case FastPathAuto, FastPathOn, FastPathOff:
+		return m, nil
+	}
+	return "", fmt.Errorf("-fast-path=%s: must be auto (the kernel fast path where the kernel allows), on (fail without it) or off (the userspace path only)", s)
 }
 
 // Offloads are the kernel offloads the userspace data plane may use.

@@ -39,10 +39,13 @@ import (
 //     24 h lease (closed)
 //  5. the lease (kept in etcd, so a restart gets the same subnet)
 //  6. the TUN device with its address, MTU and route (removed), and the
-//     data plane over it and the socket, fed the peers listed from etcd
-//  7. the workers: data plane, etcd monitor, watchdog, lease watch,
-//     renewal, route check (stopped and waited for; the data plane closes
-//     device and socket)
+//     userspace data plane over it and the socket; the kernel fast path
+//     beside it, as -fast-path says (detached), and the lease's
+//     advertisement of it (withdrawn); both planes fed the peers listed
+//     from etcd
+//  7. the workers: data planes, etcd monitor, watchdog, lease watch,
+//     renewal, route check (stopped and waited for; the userspace plane
+//     closes device and socket, the kernel plane detaches)
 //  8. the firewall rules and their resync (rules kept, as flanneld's)
 //  9. subnet.env (kept), then ready: /readyz 200, READY=1
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
@@ -84,9 +87,14 @@ type node struct {
 type hooks struct {
 	netns     netns.NsHandle // -1: this process's namespace
 	openPlane func(n *node, conn tunnel.Conn) (dataplane.Plane, func(), error)
+	// openFastPath loads and attaches the kernel plane, returning how it
+	// is attached.
+	openFastPath func(n *node, lease subnet.Lease) (dataplane.Plane, status.FastPath, error)
 }
 
-func defaultHooks() hooks { return hooks{netns: -1, openPlane: openUserspace} }
+func defaultHooks() hooks {
+	return hooks{netns: -1, openPlane: openUserspace, openFastPath: openKernel}
+}
 
 func (n *node) close() {
 	n.store.Close()
@@ -140,20 +148,62 @@ func (n *node) run(ctx context.Context) error {
 		release()
 		return err
 	}
-	leases, rev, err := n.listLeases(ctx)
+	planes, err := n.openPlanes(ctx, &lease, plane)
 	if err != nil {
 		release()
 		return err
 	}
-	n.peers = newPeerSet(lease.Subnet, []dataplane.Plane{plane})
-	n.health.SetDataPlane(n.cfg.TunName, n.mtu, plane.Report)
+	leases, rev, err := n.listLeases(ctx)
+	if err != nil {
+		n.closePlanes(planes[1:])
+		release()
+		return err
+	}
+	n.peers = newPeerSet(lease.Subnet, planes)
 	n.publishPeers(leases, rev)
-	return n.serve(ctx, lease, plane, leases, rev)
+	return n.serve(ctx, lease, planes, leases, rev)
+}
+
+// openPlanes starts the kernel fast path beside the userspace plane (as
+// -fast-path says), points /status at both and makes the lease say whether
+// this node decapsulates in its kernel. The userspace plane comes first.
+func (n *node) openPlanes(ctx context.Context, lease *subnet.Lease, user dataplane.Plane) ([]dataplane.Plane, error) {
+	planes := []dataplane.Plane{user}
+	reports := []status.PlaneReport{{Path: status.PathUserspace, Report: user.Report}}
+	kernel, err := n.startFastPath(*lease)
+	if err != nil {
+		return nil, err
+	}
+	if kernel != nil {
+		planes = append(planes, kernel)
+		reports = append(reports, status.PlaneReport{Path: status.PathKernel, Report: kernel.Report})
+	}
+	if kernel == nil {
+		n.capSegments()
+	}
+	n.health.SetDataPlane(n.cfg.TunName, n.mtu, reports...)
+	if *lease, err = n.advertise(ctx, *lease, kernel != nil); err != nil {
+		n.closePlanes(planes[1:])
+		return nil, n.stoppedEarly(ctx, err, "while updating the lease")
+	}
+	return planes, nil
+}
+
+// closePlanes releases planes that never ran (Run with a done context
+// releases what each holds).
+func (n *node) closePlanes(planes []dataplane.Plane) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, p := range planes {
+		if err := p.Run(ctx); err != nil {
+			n.log.Warn("release a data plane", "err", err)
+		}
+	}
 }
 
 // serve runs the workers (step 7), puts the firewall rules and subnet.env
 // in place (8, 9), and waits for the end.
-func (n *node) serve(ctx context.Context, lease subnet.Lease, plane dataplane.Plane, leases []subnet.Lease, rev int64) error {
+func (n *node) serve(ctx context.Context, lease subnet.Lease, planes []dataplane.Plane, leases []subnet.Lease, rev int64) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
@@ -166,7 +216,7 @@ func (n *node) serve(ctx context.Context, lease subnet.Lease, plane dataplane.Pl
 			}
 		}()
 	}
-	n.spawnWorkers(spawn, lease, plane, leases, rev, cancel)
+	n.spawnWorkers(spawn, lease, planes, leases, rev, cancel)
 
 	if err := n.startFirewall(lease.Subnet, spawn); err != nil {
 		cancel(err)
@@ -183,6 +233,7 @@ func (n *node) serve(ctx context.Context, lease subnet.Lease, plane dataplane.Pl
 
 	<-ctx.Done()
 	cause := context.Cause(ctx)
+	n.withdraw(lease)
 	wg.Wait()
 	if errors.Is(cause, context.Canceled) {
 		n.log.Info("stopped; the lease stays in etcd for the next start", "subnet", lease.Subnet)
@@ -191,16 +242,19 @@ func (n *node) serve(ctx context.Context, lease subnet.Lease, plane dataplane.Pl
 	return cause
 }
 
-// spawnWorkers starts what runs until the stop: the data plane, the etcd
+// spawnWorkers starts what runs until the stop: the data planes, the etcd
 // monitor, the watchdog, the lease watch, the renewal and the route check.
 func (n *node) spawnWorkers(spawn func(string, func(context.Context) error), lease subnet.Lease,
-	plane dataplane.Plane, leases []subnet.Lease, rev int64, fail context.CancelCauseFunc) {
-	var planeUp atomic.Bool // the watchdog goes quiet once the plane stops
+	planes []dataplane.Plane, leases []subnet.Lease, rev int64, fail context.CancelCauseFunc) {
+	var planeUp atomic.Bool // the watchdog goes quiet once the userspace plane stops
 	planeUp.Store(true)
 	spawn("data path", func(ctx context.Context) error {
 		defer planeUp.Store(false)
-		return plane.Run(ctx)
+		return planes[0].Run(ctx)
 	})
+	for _, p := range planes[1:] {
+		spawn("kernel fast path", p.Run)
+	}
 	spawn("etcd monitor", func(ctx context.Context) error {
 		n.monitorEtcd(ctx, lease.Subnet)
 		return nil
@@ -223,7 +277,7 @@ func (n *node) spawnWorkers(spawn func(string, func(context.Context) error), lea
 // and warns while the node does not forward (see forwardingWatch).
 func (n *node) routeCheck(ctx context.Context, own netip.Prefix) error {
 	var underlay underlayWatch
-	var forwarding forwardingWatch
+	forwarding := forwardingWatch{kernel: len(n.peers.planes) > 1}
 	readForward := func() (b []byte, err error) {
 		err = n.inNetns(func() error { b, err = os.ReadFile(ipForwardPath); return err })
 		return b, err
@@ -242,6 +296,15 @@ func (n *node) routeCheck(ctx context.Context, own netip.Prefix) error {
 		changes, err := route.Apply(n.nl, n.desired)
 		if err != nil {
 			n.log.Warn("re-apply device and route", "err", err)
+		}
+		for _, p := range n.peers.planes {
+			if r, ok := p.(dataplane.Repairer); ok {
+				done, err := r.Repair()
+				if err != nil {
+					n.log.Warn("repair data plane", "err", err)
+				}
+				changes = append(changes, done...)
+			}
 		}
 		for _, c := range changes {
 			n.log.Info("repaired kernel state", "change", c)

@@ -72,6 +72,9 @@ func (p *fakePlane) ApplyPeers(own netip.Prefix, changes []dataplane.PeerChange)
 func (p *fakePlane) Run(ctx context.Context) error {
 	<-ctx.Done()
 	close(p.stopped)
+	if p.conn == nil { // a kernel plane holds no socket
+		return nil
+	}
 	return p.conn.Close()
 }
 
@@ -104,7 +107,25 @@ type testNode struct {
 
 const testUnderlay = "198.18.40.10"
 
+// testFastPath is how a test node's kernel fast path comes up: mode as
+// -fast-path, and the plane or the error the attach gives.
+type testFastPath struct {
+	mode  FastPathMode
+	plane *fakePlane
+	err   error
+	// stale, if valid, is this node's lease from an earlier run, left
+	// advertising in-kernel decapsulation (as a kill -9 leaves it).
+	stale netip.Prefix
+	// noWait returns without waiting for ready.
+	noWait bool
+}
+
 func startTestNode(t *testing.T, others ...netip.Prefix) *testNode {
+	t.Helper()
+	return startTestNodeWith(t, testFastPath{mode: FastPathOff}, others...)
+}
+
+func startTestNodeWith(t *testing.T, fp testFastPath, others ...netip.Prefix) *testNode {
 	t.Helper()
 	ns := netnstest.New(t)
 	netnstest.Veth{A: netnstest.End{NS: ns, Name: "ul0", Addr: testUnderlay + "/24"},
@@ -125,11 +146,21 @@ func startTestNode(t *testing.T, others ...netip.Prefix) *testNode {
 			t.Fatal(err)
 		}
 	}
+	if fp.stale.IsValid() {
+		attrs := subnet.Attrs{PublicIP: netip.MustParseAddr(testUnderlay)}
+		if err := attrs.SetKernelDecap(true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.CreateLease(ctx, fp.stale, attrs, subnet.LeaseTTL); err != nil {
+			t.Fatal(err)
+		}
+	}
 	dir := t.TempDir()
 	n := &testNode{ns: ns, store: store, done: make(chan error, 1), cfg: Config{
 		Etcd: etcd.Config{Endpoints: []string{ep}, Prefix: etcd.DefaultPrefix}, Iface: route.Selector{Ifaces: []string{"ul0"}},
 		SubnetFile: filepath.Join(dir, "subnet.env"), RenewMargin: time.Hour, StatusSocket: filepath.Join(dir, "weft.sock"),
 		TunName: "udp0", SourceCheck: tunnel.SourceStrict, Firewall: Firewall{Forward: true, Resync: time.Second},
+		FastPath: fp.mode,
 	}}
 	h := hooks{netns: ns.Handle, openPlane: func(nd *node, conn tunnel.Conn) (dataplane.Plane, func(), error) {
 		// A veth stands in for the TUN (this kernel may lack dummy): the
@@ -139,6 +170,11 @@ func startTestNode(t *testing.T, others ...netip.Prefix) *testNode {
 		}
 		n.plane = &fakePlane{conn: conn, stopped: make(chan struct{})}
 		return n.plane, func() { conn.Close() }, nil
+	}, openFastPath: func(*node, subnet.Lease) (dataplane.Plane, status.FastPath, error) {
+		if fp.err != nil {
+			return nil, status.FastPath{}, fp.err
+		}
+		return fp.plane, status.FastPath{Attach: "fake", SuperPackets: "kernel"}, nil
 	}}
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, n.stop = context.WithCancel(ctx)
@@ -152,7 +188,9 @@ func startTestNode(t *testing.T, others ...netip.Prefix) *testNode {
 		defer nd.close()
 		n.done <- nd.run(ctx)
 	}()
-	n.waitReady(t)
+	if !fp.noWait {
+		n.waitReady(t)
+	}
 	return n
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/weft-net/weft/fastpath"
 	"github.com/weft-net/weft/route"
 	"github.com/weft-net/weft/status"
 	"github.com/weft-net/weft/tunnel"
@@ -42,7 +43,8 @@ func preflight(ctx context.Context, cfg Config, log *slog.Logger, h hooks) (*nod
 		return nil, err
 	}
 	n.health = status.NewHealth(cfg.Build)
-	n.health.SetStatic(endpoints(cfg.Etcd), cfg.SourceCheck.String(), cfg.PeerMetrics, tunnel.DropReasonNames())
+	n.health.SetStatic(endpoints(cfg.Etcd), cfg.SourceCheck.String(), cfg.PeerMetrics,
+		append(tunnel.DropReasonNames(), fastpath.DropKernelError))
 	n.health.SetEtcdRequests(n.store.Requests)
 	return n, nil
 }
@@ -60,7 +62,7 @@ func requireNetAdmin() error {
 		return nil
 	}
 	return errors.New("missing CAP_NET_ADMIN, which the TUN device, its routes and the nftables rules need: " +
-		"run weft as root, or with AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW as systemd/weft.service does")
+		"run weft as root, or with AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF as systemd/weft.service does")
 }
 
 // chooseInterface picks the underlay interface and the address to publish.

@@ -70,7 +70,12 @@ const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 // 0: the node then forwards nothing, so no traffic crosses it between the
 // overlay and its pods or containers. weft does not turn it on itself, as
 // flanneld does not: Docker, the CNI plugin or the operator own it.
-type forwardingWatch struct{ off bool }
+type forwardingWatch struct {
+	off bool
+	// kernel: the fast path runs, whose next-hop lookup (bpf_fib_lookup)
+	// fails while forwarding is off, so it sends nothing itself then.
+	kernel bool
+}
 
 func (w *forwardingWatch) check(read func() ([]byte, error), log *slog.Logger) {
 	b, err := read()
@@ -81,8 +86,11 @@ func (w *forwardingWatch) check(read func() ([]byte, error), log *slog.Logger) {
 	off := strings.TrimSpace(string(b)) == "0"
 	switch {
 	case off && !w.off:
-		log.Warn("net.ipv4.ip_forward is 0: this node forwards nothing, so no overlay traffic reaches its pods or containers, nor leaves them",
-			"fix", "sysctl -w net.ipv4.ip_forward=1, and net.ipv4.ip_forward = 1 in a file under /etc/sysctl.d to keep it")
+		msg := "net.ipv4.ip_forward is 0: this node forwards nothing, so no overlay traffic reaches its pods or containers, nor leaves them"
+		if w.kernel {
+			msg += "; and the kernel fast path cannot look up next hops, so weft's process sends every packet"
+		}
+		log.Warn(msg, "fix", "sysctl -w net.ipv4.ip_forward=1, and net.ipv4.ip_forward = 1 in a file under /etc/sysctl.d to keep it")
 	case !off && w.off:
 		log.Info("net.ipv4.ip_forward is 1 again: the node forwards")
 	}

@@ -3,6 +3,7 @@ package status
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"runtime"
 	"slices"
 	"sync"
@@ -44,8 +45,9 @@ type Health struct {
 	renewErr          string
 	device            string
 	mtu               int
-	// report reads the data planes, once they run.
-	report func(withPeers bool) dataplane.Report
+	// planes reads the data planes, once they run; the first is the primary.
+	planes   []PlaneReport
+	fastPath *FastPath // nil until the node sets it
 	// etcdRequests reads the etcd client's request counts, if set.
 	etcdRequests func() map[string]uint64
 	table        PeerTable
@@ -139,11 +141,26 @@ func (h *Health) SetEtcdRequests(f func() map[string]uint64) {
 	h.mu.Unlock()
 }
 
-// SetDataPlane makes /status and /metrics read the data planes through
-// report, for a device of that name and MTU.
-func (h *Health) SetDataPlane(device string, mtu int, report func(withPeers bool) dataplane.Report) {
+// PlaneReport is one data plane as /status and /metrics read it.
+type PlaneReport struct {
+	Path   string // the path the plane carries: PathUserspace or PathKernel
+	Report func(withPeers bool) dataplane.Report
+}
+
+// SetDataPlane makes /status and /metrics read the data planes, for a
+// device of that name and MTU. The first plane is the primary (userspace):
+// the peer table, the offloads and the per-peer list are its, since every
+// peer is in its table; traffic and drops are summed over all planes.
+func (h *Health) SetDataPlane(device string, mtu int, planes ...PlaneReport) {
 	h.mu.Lock()
-	h.device, h.mtu, h.report = device, mtu, report
+	h.device, h.mtu, h.planes = device, mtu, slices.Clone(planes)
+	h.mu.Unlock()
+}
+
+// SetFastPath records how the kernel fast path was set up.
+func (h *Health) SetFastPath(f FastPath) {
+	h.mu.Lock()
+	h.fastPath = &f
 	h.mu.Unlock()
 }
 
@@ -179,22 +196,68 @@ func (h *Health) Status(withPeers bool) Status {
 		f.ForwardDrops, f.Joined = slices.Clone(f.ForwardDrops), slices.Clone(f.Joined)
 		s.Firewall = &f
 	}
+	if h.fastPath != nil {
+		f := *h.fastPath
+		s.FastPath = &f
+	}
 	s.Counters.Drops = map[string]uint64{}
-	if h.report == nil {
-		return s
+	if len(h.planes) > 0 {
+		readPlanes(&s, h.planes, withPeers)
 	}
-	r := h.report(withPeers)
+	return s
+}
+
+// readPlanes fills s from the planes' reports; planes is not empty.
+func readPlanes(s *Status, planes []PlaneReport, withPeers bool) {
+	reports := make([]dataplane.Report, len(planes))
+	s.Counters.Paths = make(map[string]Traffic, len(planes))
+	for i, p := range planes {
+		reports[i] = p.Report(withPeers)
+		c := reports[i].Counters
+		t := s.Counters.Paths[p.Path]
+		t.TxPackets, t.TxBytes = t.TxPackets+c.TxPackets, t.TxBytes+c.TxBytes
+		t.RxPackets, t.RxBytes = t.RxPackets+c.RxPackets, t.RxBytes+c.RxBytes
+		s.Counters.Paths[p.Path] = t
+		s.Counters.TxPackets += c.TxPackets
+		s.Counters.TxBytes += c.TxBytes
+		s.Counters.RxPackets += c.RxPackets
+		s.Counters.RxBytes += c.RxBytes
+		for reason, n := range c.Drops {
+			s.Counters.Drops[reason] += n
+		}
+		for reason, n := range c.Handoffs {
+			if s.Counters.Handoffs == nil {
+				s.Counters.Handoffs = map[string]uint64{}
+			}
+			s.Counters.Handoffs[reason] += n
+		}
+	}
+	r := reports[0]
 	s.PeerTable.Peers = r.Peers
-	for _, p := range r.PeerTraffic {
-		s.Peers = append(s.Peers, Peer{Subnet: p.Subnet, PublicIP: p.Addr,
-			TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes})
-	}
 	o := r.Offloads
 	s.Offloads = Offloads{TUNVnetHdr: o.TUNVnetHdr, TUNUSO: o.TUNUSO, TUNCoalescing: o.TUNCoalescing,
 		UDPGSO: o.UDPGSO, UDPGRO: o.UDPGRO, Fallbacks: o.Fallbacks}
 	s.Offload = o.Any()
-	c := r.Counters
-	s.Counters.TxPackets, s.Counters.TxBytes, s.Counters.RxPackets, s.Counters.RxBytes = c.TxPackets, c.TxBytes, c.RxPackets, c.RxBytes
-	maps.Copy(s.Counters.Drops, c.Drops)
-	return s
+	if len(r.PeerTraffic) == 0 {
+		return
+	}
+	// Every peer is in the primary's table; one another plane encapsulates
+	// toward (the kernel's lists only those) takes that plane's path. The
+	// other planes' per-peer counters are not added: the kernel keeps none.
+	path := map[netip.Prefix]string{}
+	for i, rep := range reports[1:] {
+		for _, p := range rep.PeerTraffic {
+			if _, ok := path[p.Subnet]; !ok && p.KernelDecap {
+				path[p.Subnet] = planes[i+1].Path
+			}
+		}
+	}
+	for _, p := range r.PeerTraffic {
+		pp, ok := path[p.Subnet]
+		if !ok {
+			pp = planes[0].Path
+		}
+		s.Peers = append(s.Peers, Peer{Subnet: p.Subnet, PublicIP: p.Addr, Path: pp,
+			TxPackets: p.TxPackets, TxBytes: p.TxBytes, RxPackets: p.RxPackets, RxBytes: p.RxBytes})
+	}
 }

@@ -21,7 +21,7 @@ import (
 // setTestPeers gives h a data plane whose table holds peers, each with
 // one packet sent, and a drop count.
 func setTestPeers(h *Health, peers []dataplane.Peer) {
-	h.SetDataPlane("udp0", 1472, func(withPeers bool) dataplane.Report {
+	h.SetDataPlane("udp0", 1472, PlaneReport{Path: PathUserspace, Report: func(withPeers bool) dataplane.Report {
 		r := dataplane.Report{Peers: len(peers), Counters: dataplane.Counters{TxPackets: uint64(len(peers)),
 			Drops: map[string]uint64{"no_route": 2, "spoofed_source": 0}}}
 		if withPeers {
@@ -30,7 +30,7 @@ func setTestPeers(h *Health, peers []dataplane.Peer) {
 			}
 		}
 		return r
-	})
+	}})
 }
 
 func get(t *testing.T, h http.Handler, path string) *httptest.ResponseRecorder {
@@ -165,7 +165,8 @@ func TestMetricsEndpoint(t *testing.T) {
 		`weft_lease_renewals_total{result="failure"} 0`,
 		"weft_etcd_up 1",
 		`weft_etcd_watch_restarts_total{reason="compacted"} 1`,
-		"weft_tx_packets_total 1", "weft_rx_bytes_total 0",
+		`weft_tx_packets_total{path="userspace"} 1`, `weft_rx_bytes_total{path="userspace"} 0`,
+		`weft_tx_packets_total{path="kernel"} 0`, // no kernel plane: zeros, so rate() works
 		`weft_drops_total{reason="spoofed_source"} 0`,
 		`weft_drops_total{reason="no_route"} 2`,
 		`weft_drops_total{reason="not_local"} 0`, // named at start, absent from the plane's report
@@ -187,13 +188,135 @@ func TestMetricsBeforeDataPlane(t *testing.T) {
 	h := NewHealth(Build{})
 	h.SetStatic("http://198.18.0.1:2379", "strict", false, []string{"no_route", "not_local"})
 	body := get(t, h.Handler(), "/metrics").Body.String()
-	for _, want := range []string{`weft_drops_total{reason="no_route"} 0`, `weft_drops_total{reason="not_local"} 0`, "weft_peers 0"} {
+	for _, want := range []string{`weft_drops_total{reason="no_route"} 0`, `weft_drops_total{reason="not_local"} 0`, "weft_peers 0",
+		`weft_tx_packets_total{path="userspace"} 0`, `weft_tx_packets_total{path="kernel"} 0`, `weft_rx_bytes_total{path="kernel"} 0`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics before a data plane lacks %q", want)
 		}
 	}
-	if s := h.Status(true); s.Counters.Drops == nil || len(s.Peers) != 0 || s.Offload {
+	if strings.Contains(body, "weft_fast_path_running") {
+		t.Error("/metrics has weft_fast_path_running before the node set the fast path up")
+	}
+	if s := h.Status(true); s.Counters.Drops == nil || len(s.Peers) != 0 || s.Offload || s.FastPath != nil || s.Counters.Paths != nil {
 		t.Errorf("/status before a data plane: %+v", s)
+	}
+}
+
+// twoPlanes gives h a userspace plane with peers a and b and a kernel
+// plane that encapsulates toward a, each with its own counters and drops.
+// It returns the withPeers arguments the kernel plane was called with.
+func twoPlanes(h *Health, a, b dataplane.Peer) *[]bool {
+	var kernelCalls []bool
+	user := func(withPeers bool) dataplane.Report {
+		r := dataplane.Report{Peers: 2, Offloads: dataplane.Offloads{UDPGSO: true},
+			Counters: dataplane.Counters{TxPackets: 10, TxBytes: 1000, RxPackets: 20, RxBytes: 2000,
+				Drops: map[string]uint64{"no_route": 2, "spoofed_source": 1}}}
+		if withPeers {
+			r.PeerTraffic = []dataplane.PeerTraffic{{Peer: a, TxPackets: 3, TxBytes: 300}, {Peer: b, TxPackets: 7, TxBytes: 700, RxPackets: 20, RxBytes: 2000}}
+		}
+		return r
+	}
+	kernel := func(withPeers bool) dataplane.Report {
+		kernelCalls = append(kernelCalls, withPeers)
+		r := dataplane.Report{Peers: 1, Counters: dataplane.Counters{TxPackets: 100, TxBytes: 10000, RxPackets: 200, RxBytes: 20000,
+			Drops: map[string]uint64{"no_route": 5, "too_big": 1}, Handoffs: map[string]uint64{"ingress_policy": 3, "next_hop_unresolved": 0}}}
+		if withPeers {
+			// b without KernelDecap: not a peer the kernel encapsulates toward.
+			r.PeerTraffic = []dataplane.PeerTraffic{{Peer: a}, {Peer: dataplane.Peer{Subnet: b.Subnet, Addr: b.Addr}}}
+		}
+		return r
+	}
+	h.SetDataPlane("udp0", 1472, PlaneReport{Path: PathUserspace, Report: user}, PlaneReport{Path: PathKernel, Report: kernel})
+	return &kernelCalls
+}
+
+// With the kernel fast path beside the userspace plane, /status sums the
+// counters and drops, splits the traffic by path and says which path each
+// peer takes; /metrics has one series per path.
+func TestStatusTwoPlanes(t *testing.T) {
+	h := NewHealth(Build{Version: "test", Commit: "abc"})
+	a := dataplane.Peer{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3"), KernelDecap: true}
+	b := dataplane.Peer{Subnet: netip.MustParsePrefix("198.19.9.0/24"), Addr: netip.MustParseAddr("198.18.0.4")}
+	kernelCalls := twoPlanes(h, a, b)
+	h.SetFastPath(FastPath{Mode: "auto", Running: true, Attach: "tcx"})
+
+	s := h.Status(true)
+	c := s.Counters
+	if c.TxPackets != 110 || c.TxBytes != 11000 || c.RxPackets != 220 || c.RxBytes != 22000 {
+		t.Errorf("totals = %+v, want the sum of both planes", c)
+	}
+	if u, k := c.Paths[PathUserspace], c.Paths[PathKernel]; len(c.Paths) != 2 || u != (Traffic{10, 1000, 20, 2000}) || k != (Traffic{100, 10000, 200, 20000}) {
+		t.Errorf("paths = %+v", c.Paths)
+	}
+	if d := c.Drops; len(d) != 3 || d["no_route"] != 7 || d["spoofed_source"] != 1 || d["too_big"] != 1 {
+		t.Errorf("drops = %v, want summed by reason", d)
+	}
+	if s.PeerTable.Peers != 2 || !s.Offloads.UDPGSO || !s.Offload {
+		t.Errorf("peer table %+v, offloads %+v: want the userspace plane's", s.PeerTable, s.Offloads)
+	}
+	want := []Peer{
+		{Subnet: a.Subnet, PublicIP: a.Addr, Path: PathKernel, TxPackets: 3, TxBytes: 300},
+		{Subnet: b.Subnet, PublicIP: b.Addr, Path: PathUserspace, TxPackets: 7, TxBytes: 700, RxPackets: 20, RxBytes: 2000},
+	}
+	if len(s.Peers) != 2 || s.Peers[0] != want[0] || s.Peers[1] != want[1] {
+		t.Errorf("peers = %+v\nwant %+v", s.Peers, want)
+	}
+	if f := s.FastPath; f == nil || *f != (FastPath{Mode: "auto", Running: true, Attach: "tcx"}) {
+		t.Errorf("fast path = %+v", f)
+	}
+	s.FastPath.Running = false
+	if !h.Status(false).FastPath.Running {
+		t.Error("Status returned the recorded FastPath, not a copy")
+	}
+	if n := len(*kernelCalls); n != 2 || (*kernelCalls)[0] != true || (*kernelCalls)[1] != false {
+		t.Errorf("kernel plane called with %v, want Status's withPeers each time", *kernelCalls)
+	}
+
+	srv := h.Handler()
+	body := get(t, srv, "/status").Body.String()
+	for _, want := range []string{`"fastPath": {`, `"mode": "auto"`, `"running": true`, `"attach": "tcx"`, `"path": "kernel"`, `"path": "userspace"`, `"paths": {`, `"ingress_policy": 3`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/status lacks %s:\n%s", want, body)
+		}
+	}
+	m := get(t, srv, "/metrics").Body.String()
+	for _, want := range []string{
+		`weft_tx_packets_total{path="kernel"} 100`, `weft_tx_packets_total{path="userspace"} 10`,
+		`weft_tx_bytes_total{path="kernel"} 10000`, `weft_tx_bytes_total{path="userspace"} 1000`,
+		`weft_rx_packets_total{path="kernel"} 200`, `weft_rx_packets_total{path="userspace"} 20`,
+		`weft_rx_bytes_total{path="kernel"} 20000`, `weft_rx_bytes_total{path="userspace"} 2000`,
+		`weft_drops_total{reason="no_route"} 7`, "weft_fast_path_running 1", "weft_peers 2",
+		`weft_fast_path_handoffs_total{reason="ingress_policy"} 3`, `weft_fast_path_handoffs_total{reason="next_hop_unresolved"} 0`,
+		"# HELP weft_tx_packets_total Inner packets sent to peers, by path: userspace (weft's process) or kernel (the eBPF fast path).",
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// With only the userspace plane, /metrics still has the kernel's series
+// (zeros), and a fast path that fell back shows as not running.
+func TestMetricsOnePlane(t *testing.T) {
+	h := NewHealth(Build{Version: "test", Commit: "abc"})
+	setTestPeers(h, []dataplane.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), Addr: netip.MustParseAddr("198.18.0.3")}})
+	m := get(t, h.Handler(), "/metrics").Body.String()
+	for _, want := range []string{`weft_tx_packets_total{path="userspace"} 1`, `weft_tx_packets_total{path="kernel"} 0`,
+		`weft_tx_bytes_total{path="kernel"} 0`, `weft_rx_packets_total{path="kernel"} 0`, `weft_rx_bytes_total{path="kernel"} 0`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if strings.Contains(m, "weft_fast_path_running") || strings.Contains(get(t, h.Handler(), "/status").Body.String(), "fastPath") {
+		t.Error("fast path shown before the node set it up")
+	}
+	if s := h.Status(true); len(s.Peers) != 1 || s.Peers[0].Path != PathUserspace || len(s.Counters.Paths) != 1 {
+		t.Errorf("one plane: peers %+v, paths %+v", s.Peers, s.Counters.Paths)
+	}
+	h.SetFastPath(FastPath{Mode: "auto", Reason: "kernel 5.4 lacks bpf_skb_adjust_room"})
+	m = get(t, h.Handler(), "/metrics").Body.String()
+	if !strings.Contains(m, "weft_fast_path_running 0") {
+		t.Error("/metrics lacks weft_fast_path_running 0 after the fast path fell back")
 	}
 }
 

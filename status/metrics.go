@@ -11,6 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+const byPath = "by path: userspace (weft's process) or kernel (the eBPF fast path)."
+
+var pathLabel = []string{"path"}
+
 // Metrics are read at scrape time from the same snapshot as /status: the
 // data path's counters are per-direction atomics summed there, so packets
 // pay nothing for being counted.
@@ -26,10 +30,12 @@ var (
 	descRenewals      = prometheus.NewDesc("weft_lease_renewals_total", "Lease renewal attempts by result.", []string{"result"}, nil)
 	descEtcdUp        = prometheus.NewDesc("weft_etcd_up", "1 while the connection to etcd is up.", nil, nil)
 	descWatchRestarts = prometheus.NewDesc("weft_etcd_watch_restarts_total", "Lease watches restarted, by reason (broken, compacted).", []string{"reason"}, nil)
-	descTxPackets     = prometheus.NewDesc("weft_tx_packets_total", "Inner packets sent to peers.", nil, nil)
-	descTxBytes       = prometheus.NewDesc("weft_tx_bytes_total", "Inner bytes sent to peers.", nil, nil)
-	descRxPackets     = prometheus.NewDesc("weft_rx_packets_total", "Inner packets received from peers and written to the device.", nil, nil)
-	descRxBytes       = prometheus.NewDesc("weft_rx_bytes_total", "Inner bytes received from peers and written to the device.", nil, nil)
+	descTxPackets     = prometheus.NewDesc("weft_tx_packets_total", "Inner packets sent to peers, "+byPath, pathLabel, nil)
+	descTxBytes       = prometheus.NewDesc("weft_tx_bytes_total", "Inner bytes sent to peers, "+byPath, pathLabel, nil)
+	descRxPackets     = prometheus.NewDesc("weft_rx_packets_total", "Inner packets received from peers and delivered locally, "+byPath, pathLabel, nil)
+	descRxBytes       = prometheus.NewDesc("weft_rx_bytes_total", "Inner bytes received from peers and delivered locally, "+byPath, pathLabel, nil)
+	descFastPath      = prometheus.NewDesc("weft_fast_path_running", "1 while the kernel (eBPF) fast path is attached.", nil, nil)
+	descHandoffs      = prometheus.NewDesc("weft_fast_path_handoffs_total", "Packets the kernel fast path left to the userspace path, by reason: no_kernel_peer, next_hop_unresolved, ingress_policy.", []string{"reason"}, nil)
 	descDrops         = prometheus.NewDesc("weft_drops_total", "Packets dropped, by reason.", []string{"reason"}, nil)
 	descOffload       = prometheus.NewDesc("weft_offload_enabled", "1 while TUN and UDP offloads are in use.", nil, nil)
 	descOffloadFalls  = prometheus.NewDesc("weft_offload_fallbacks_total", "Offloads the kernel refused, after which weft used the plain path.", nil, nil)
@@ -49,7 +55,7 @@ type collector struct{ h *Health }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descTableRev, descTableUpdates, descTableSeconds, descEtcdRequests, descLeaseExpiry, descRenewals, descEtcdUp,
-		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descOffload, descOffloadFalls,
+		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descHandoffs, descOffload, descOffloadFalls, descFastPath,
 		descFwInPlace, descFwDrops, descFwJoined, descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
 		ch <- d
 	}
@@ -87,10 +93,17 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range s.Etcd.WatchRestarts {
 		counter(descWatchRestarts, n, reason)
 	}
-	counter(descTxPackets, s.Counters.TxPackets)
-	counter(descTxBytes, s.Counters.TxBytes)
-	counter(descRxPackets, s.Counters.RxPackets)
-	counter(descRxBytes, s.Counters.RxBytes)
+	// Both paths always, zeros too, so rate() works from the first scrape
+	// and across the fast path starting or falling back.
+	paths := append([]string{PathUserspace, PathKernel}, slices.Collect(maps.Keys(s.Counters.Paths))...)
+	slices.Sort(paths)
+	for _, p := range slices.Compact(paths) {
+		t := s.Counters.Paths[p]
+		counter(descTxPackets, t.TxPackets, p)
+		counter(descTxBytes, t.TxBytes, p)
+		counter(descRxPackets, t.RxPackets, p)
+		counter(descRxBytes, t.RxBytes, p)
+	}
 	// Every reason, zeros too, so rate() works from the first scrape.
 	all := append(slices.Clone(reasons), slices.Collect(maps.Keys(s.Counters.Drops))...)
 	slices.Sort(all)
@@ -99,6 +112,12 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descOffload, boolFloat(s.Offload))
 	counter(descOffloadFalls, s.Offloads.Fallbacks)
+	if s.FastPath != nil {
+		gauge(descFastPath, boolFloat(s.FastPath.Running))
+	}
+	for reason, n := range s.Counters.Handoffs {
+		counter(descHandoffs, n, reason)
+	}
 	if f := s.Firewall; f != nil {
 		gauge(descFwInPlace, boolFloat(f.InPlace))
 		gauge(descFwDrops, float64(len(f.ForwardDrops)))

@@ -10,6 +10,13 @@ import (
 	"time"
 )
 
+// The data paths a packet can take; the keys of Counters.Paths and the
+// values of Peer.Path and of the path label on /metrics.
+const (
+	PathUserspace = "userspace" // weft's process: TUN and UDP socket
+	PathKernel    = "kernel"    // the eBPF fast path
+)
+
 // Status is the /status document.
 type Status struct {
 	Version     string    `json:"version"`
@@ -24,6 +31,8 @@ type Status struct {
 	Offloads    Offloads  `json:"offloads"`
 	PeerTable   PeerTable `json:"peerTable"`
 	Firewall    *Firewall `json:"firewall,omitempty"`
+	// FastPath is nil until the node says how it set the fast path up.
+	FastPath *FastPath `json:"fastPath,omitempty"`
 	// Peers is left out by /status?peers=0: at thousands of nodes it is
 	// most of the document.
 	Peers    []Peer   `json:"peers,omitzero"`
@@ -55,6 +64,18 @@ type Firewall struct {
 	// Joined names iptables' FORWARD chains that drop by default and hold
 	// weft's accepts for the network ("iptables-nft filter FORWARD").
 	Joined []string `json:"joined,omitzero"`
+}
+
+// FastPath is the state of the kernel (eBPF) fast path.
+type FastPath struct {
+	Mode    string `json:"mode"` // the -fast-path flag: auto, on or off
+	Running bool   `json:"running"`
+	Attach  string `json:"attach,omitempty"` // "tcx" or "clsact" while running
+	// Reason says why it does not run: auto fell back, or it is off.
+	Reason string `json:"reason,omitempty"`
+	// SuperPackets says which path carries TCP super-packets while the fast
+	// path runs: "kernel", or "userspace (why)".
+	SuperPackets string `json:"superPackets,omitempty"`
 }
 
 // Offloads says which kernel offloads the data path uses, and how often
@@ -100,15 +121,33 @@ type Peer struct {
 	TxBytes   uint64       `json:"txBytes"`
 	RxPackets uint64       `json:"rxPackets"`
 	RxBytes   uint64       `json:"rxBytes"`
+	// Path is the path this node's packets to the peer take (PathKernel or
+	// PathUserspace). The counters are the userspace path's only: the
+	// kernel has no per-peer counters.
+	Path string `json:"path,omitempty"`
 }
 
-// Counters are the data path's traffic counters.
+// Counters are the data path's traffic counters. The totals are the sum
+// over Paths, so readers from before the fast path keep working.
 type Counters struct {
 	TxPackets uint64            `json:"txPackets"`
 	TxBytes   uint64            `json:"txBytes"`
 	RxPackets uint64            `json:"rxPackets"`
 	RxBytes   uint64            `json:"rxBytes"`
 	Drops     map[string]uint64 `json:"drops"`
+	// Paths splits the totals by the path that carried the packets.
+	Paths map[string]Traffic `json:"paths,omitempty"`
+	// Handoffs counts packets the kernel fast path left to the userspace
+	// path, by reason (absent without the fast path).
+	Handoffs map[string]uint64 `json:"handoffs,omitempty"`
+}
+
+// Traffic is one path's share of the counters.
+type Traffic struct {
+	TxPackets uint64 `json:"txPackets"`
+	TxBytes   uint64 `json:"txBytes"`
+	RxPackets uint64 `json:"rxPackets"`
+	RxBytes   uint64 `json:"rxBytes"`
 }
 
 // DropTotal sums every drop reason.

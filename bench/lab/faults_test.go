@@ -26,6 +26,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/weft-net/weft/status"
 )
 
 // nsOut runs argv in node i's namespace and returns its output.
@@ -166,6 +170,9 @@ func TestFaultEtcdOutage(t *testing.T) {
 		}
 	}
 	waitMesh(t, l)
+	for i := range 3 {
+		requireFastPath(t, l, i) // the outage is survived by both paths
+	}
 	var sub [4]netip.Prefix
 	var pids [3]int
 	logAt := make([]int, 3)
@@ -365,6 +372,8 @@ func TestFaultPartitionFromEtcd(t *testing.T) {
 		sub[i] = subnetOf(t, l, i)
 	}
 	pid0 := weftPID(t, l, 0)
+	requireFastPath(t, l, 0)
+	requireFastPath(t, l, 1)
 
 	heal := cutOff(t, l, 0)
 	healed := false
@@ -449,6 +458,8 @@ func TestFaultKill9UnderTraffic(t *testing.T) {
 	startAll(t, l)
 	waitMesh(t, l)
 	want := subnetOf(t, l, 0)
+	requireFastPath(t, l, 0)
+	requireFastPath(t, l, 1)
 
 	stream, err := l.StartStream(t.Context(), 1, 0, 4<<20) // into the node that dies
 	if err != nil {
@@ -477,6 +488,7 @@ func TestFaultKill9UnderTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("n0 ready again %v after kill -9", time.Since(killed).Round(time.Millisecond))
+	requireFastPath(t, l, 0) // attached again after kill -9
 	if got := subnetOf(t, l, 0); got != want {
 		t.Fatalf("after kill -9 and start: subnet %v, want %v", got, want)
 	}
@@ -541,6 +553,10 @@ func TestFaultSIGHUP(t *testing.T) {
 	}
 	if !l.Ready(0) {
 		t.Error("not ready after SIGHUP")
+	}
+	requireFastPath(t, l, 0) // SIGHUP leaves the fast path attached
+	if d := tcxPrograms(t, l, 0, "eth0", ebpf.AttachTCXIngress); countOf(d, "weft_decap") != 1 {
+		t.Errorf("eth0 tcx ingress after SIGHUP: %v, want one weft_decap", d)
 	}
 	if since := l.Log(0)[logAt:]; !strings.Contains(since, "SIGHUP") {
 		t.Errorf("no log line mentions SIGHUP:\n%s", since)
@@ -653,14 +669,36 @@ type floodKind struct {
 // transfer is byte-exact, every flood datagram is counted under its reason
 // (at least 90%: the socket may lose some, never more than were sent),
 // nothing reaches udp0 (kernel counters) or a listener behind it, and
-// memory stays flat.
+// memory stays flat. Twice: with the kernel fast path (the default), where
+// weft_decap sees the flood first and must leave every hostile datagram to
+// the userspace path's checks while the kernel carries the transfer, and
+// with -fast-path=off.
 func TestFaultFlood(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{{"fast-path", nil}, {"fast-path=off", []string{"-fast-path=off"}}} {
+		t.Run(tc.name, func(t *testing.T) { testFaultFlood(t, tc.args...) })
+	}
+}
+
+func testFaultFlood(t *testing.T, extraArgs ...string) {
 	l := newE2ELab(t, Options{Nodes: 3})
-	startAll(t, l)
+	startAll(t, l, extraArgs...)
 	waitMesh(t, l)
 	var sub [3]netip.Prefix
 	for i := range 3 {
 		sub[i] = subnetOf(t, l, i)
+	}
+	fast := len(extraArgs) == 0
+	if fast {
+		// Not silently the userspace path alone: n1 decapsulates in its
+		// kernel, and n0 encapsulates toward it in its own.
+		requireFastPath(t, l, 0)
+		requireFastPath(t, l, 1)
+		waitPeerPath(t, l, 0, sub[1], status.PathKernel, 10*time.Second)
+	} else if _, fp := fastPathOf(t, l, 1); fp.Running {
+		t.Fatalf("n1 runs the fast path with %v: %+v", extraArgs, fp)
 	}
 	pod0, pod1, pod2 := l.Pod(0).Addr(), l.Pod(1).Addr(), l.Pod(2).Addr()
 	stranger := netip.MustParseAddr("198.19.254.9") // in the network, in no lease
@@ -818,10 +856,23 @@ func TestFaultFlood(t *testing.T) {
 	}()
 	waitFor(t, 5*time.Second, func() bool { return rounds.Load() >= 200 })
 
+	// 128 MiB, repeated until the transfers took 1 s: the kernel path
+	// moves 128 MiB in a fraction of a second, and the flood must overlap.
 	const size = 128 << 20
 	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
 	defer cancel()
-	tr, terr := l.Transfer(ctx, 0, 1, size)
+	kernelBefore := kernelTraffic(mustStatus(t, l, 1))
+	var tr TransferResult
+	var terr error
+	var moved int64
+	var took time.Duration
+	transfers := 0
+	for transfers == 0 || took < time.Second {
+		if tr, terr = l.Transfer(ctx, 0, 1, size); terr != nil {
+			break
+		}
+		moved, took, transfers = moved+tr.Bytes, took+tr.Duration, transfers+1
+	}
 	roundsDuring := rounds.Load()
 	if terr != nil {
 		close(stop)
@@ -847,8 +898,8 @@ func TestFaultFlood(t *testing.T) {
 	if err := <-floodDone; err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("transfer n0 -> n1: %d bytes byte-exact in %v (%.2f Gb/s) while %d flood rounds were sent; %d rounds with no other traffic; %d in all",
-		tr.Bytes, tr.Duration.Round(time.Millisecond), tr.Gbps(), roundsDuring, rounds.Load()-aloneRounds, rounds.Load())
+	t.Logf("transfers n0 -> n1: %d × %d bytes byte-exact in %v (%.2f Gb/s) while %d flood rounds were sent; %d rounds with no other traffic; %d in all",
+		transfers, size, took.Round(time.Millisecond), float64(moved)*8/took.Seconds()/1e9, roundsDuring, rounds.Load()-aloneRounds, rounds.Load())
 
 	// Let the socket and the daemon drain, until the counters stand still.
 	var after Counters
@@ -868,6 +919,13 @@ func TestFaultFlood(t *testing.T) {
 	snmpAfter, err := l.SNMP(1)
 	if err != nil {
 		t.Fatal(err)
+	}
+	k := kernelTraffic(&Status{Counters: after})
+	t.Logf("n1's kernel path: rx +%d packets +%d B; the userspace path: rx +%d packets",
+		k.RxPackets-kernelBefore.RxPackets, k.RxBytes-kernelBefore.RxBytes,
+		after.Paths[status.PathUserspace].RxPackets-before.Paths[status.PathUserspace].RxPackets)
+	if fast && k.RxBytes-kernelBefore.RxBytes < uint64(moved)*9/10 {
+		t.Errorf("n1's kernel path decapsulated %d B of the %d transferred: the transfer did not take the fast path", k.RxBytes-kernelBefore.RxBytes, moved)
 	}
 
 	var reasons []string

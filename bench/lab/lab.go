@@ -522,6 +522,13 @@ func (l *Lab) Command(ctx context.Context, i int, name string, args ...string) *
 	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.nodes[i].NS, name}, args...)...)
 }
 
+// HubCommand returns a command that runs name in the hub namespace, where
+// the bridge and the other end of each node's veth (named as the node,
+// "n0", "n1", ...) are: for ethtool on that end, say.
+func (l *Lab) HubCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", l.hubNS, name}, args...)...)
+}
+
 func (l *Lab) node(i int) (*node, error) {
 	if l.closed.Load() {
 		return nil, errors.New("lab: closed")

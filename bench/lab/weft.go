@@ -404,10 +404,17 @@ func (l *Lab) StatusContext(ctx context.Context, i int) (*Status, error) {
 // GetJSON fetches path from node i's status server and decodes the JSON
 // answer (at most 4 MiB) into v.
 func (l *Lab) GetJSON(ctx context.Context, i int, path string, v any) error {
-	if _, err := l.node(i); err != nil {
+	return l.GetJSONAt(ctx, i, HealthzPort, path, v)
+}
+
+// GetJSONAt is GetJSON from a status server on port of node i's underlay
+// address: a second daemon's, with its own -healthz-port.
+func (l *Lab) GetJSONAt(ctx context.Context, i, port int, path string, v any) error {
+	n, err := l.node(i)
+	if err != nil {
 		return err
 	}
-	u := l.URL(i, path)
+	u := "http://" + netip.AddrPortFrom(n.Addr, uint16(port)).String() + path
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return fmt.Errorf("lab: GET %s: %w", u, err)

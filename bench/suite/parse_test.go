@@ -277,7 +277,8 @@ func TestExtraNetworks(t *testing.T) {
 		if err := checkExtraNetwork(DefaultExtraConfig(k), k); err != nil {
 			t.Errorf("default config %d: %v", k, err)
 		}
-		if !ExtraNetwork(k).Addr().Is4() || ExtraNetwork(k).Overlaps(WeftNetwork) {
+		if !ExtraNetwork(k).Addr().Is4() || ExtraNetwork(k).Overlaps(WeftNetwork) || ExtraNetwork(k).Overlaps(UserspaceNetwork) ||
+			extraPortBase+k == userspacePort {
 			t.Errorf("extra network %d = %v", k, ExtraNetwork(k))
 		}
 	}
@@ -286,6 +287,7 @@ func TestExtraNetworks(t *testing.T) {
 		`{"Network":"198.19.200.0/24"}`, // VXLAN's
 		`{"Network":"198.19.211.0/24"}`, // host-gw's
 		`{"Network":"198.19.144.0/20"}`, // extra path 2's, for path 1
+		`{"Network":"198.19.230.0/24"}`, // weft -fast-path=off's
 		`{"Network":"fd00::/64"}`,
 		`not json`,
 	} {
@@ -300,7 +302,8 @@ func TestConfigDefaults(t *testing.T) {
 	if err := c.defaults(); err != nil {
 		t.Fatal(err)
 	}
-	if c.Seconds != 10 || c.Rounds != 3 || c.MTU != 1500 || c.Omit != 1 || c.Pings != 1000 || c.IdlePct != 15 {
+	if c.Seconds != DefaultSeconds || c.Rounds != DefaultRounds || c.MTU != 1500 || c.Omit != 1 || c.Pings != 100*DefaultSeconds ||
+		c.IdlePct != 15 || !slices.Equal(c.Profiles, AllProfiles) {
 		t.Errorf("defaults: %+v", c)
 	}
 	c = Config{WeftBin: "/bin/true", Seconds: 1, Omit: -1}
@@ -310,6 +313,9 @@ func TestConfigDefaults(t *testing.T) {
 	for _, bad := range []Config{
 		{WeftBin: "/bin/true", Tests: []string{"tcp2"}},
 		{WeftBin: "/bin/true", Extra: []ExtraPath{{Name: "vxlan", Template: "x"}}},
+		{WeftBin: "/bin/true", Extra: []ExtraPath{{Name: UserspacePath, Template: "x"}}},
+		{WeftBin: "/bin/true", Profiles: []string{"fast-nic"}},
+		{WeftBin: "/bin/true", Profiles: []string{ProfileNIC, ProfileNIC}},
 		{WeftBin: "/bin/true", Extra: []ExtraPath{{Name: "Bad Name", Template: "x"}}},
 		{WeftBin: "/bin/true", Extra: []ExtraPath{{Name: "a", Template: "x '"}}},
 		{WeftBin: "/bin/true", Extra: []ExtraPath{{Name: "a", Template: "x"}, {Name: "a", Template: "y"}}},
@@ -319,5 +325,35 @@ func TestConfigDefaults(t *testing.T) {
 		if err := bad.defaults(); err == nil {
 			t.Errorf("%+v: accepted", bad)
 		}
+	}
+}
+
+func TestParseEthtoolK(t *testing.T) {
+	out := `Features for eth0:
+rx-checksumming: on
+tx-checksumming: on
+	tx-checksum-ipv4: off [fixed]
+generic-receive-offload: on
+tx-udp_tnl-segmentation: off
+rx-gro-hw: off [fixed]
+`
+	got := parseEthtoolK(out)
+	for k, want := range map[string]string{"generic-receive-offload": "on", "tx-udp_tnl-segmentation": "off", "tx-checksum-ipv4": "off", "rx-gro-hw": "off"} {
+		if got[k] != want {
+			t.Errorf("%s = %q, want %q", k, got[k], want)
+		}
+	}
+	// What the NIC-like profile checks after setting it is what -k shows.
+	for _, f := range append(profileSpecs[ProfileNIC].node, profileSpecs[ProfileNIC].hub...) {
+		if _, ok := got[f.Shown]; !ok && f.Shown != "tx-udp_tnl-csum-segmentation" {
+			t.Errorf("feature %s (ethtool -K %s) is not a name ethtool -k shows", f.Shown, f.Arg)
+		}
+	}
+	if needsEthtool([]string{ProfileDefault}) || !needsEthtool(AllProfiles) {
+		t.Error("only the NIC-like profile needs ethtool")
+	}
+	if got := ethtoolArgs("eth0", profileSpecs[ProfileNIC].node); strings.Join(got, " ") !=
+		"-K eth0 gro on tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off" {
+		t.Errorf("ethtool args %q", got)
 	}
 }

@@ -130,8 +130,8 @@ func titles(res *Results) map[string]string {
 	return t
 }
 
-// SummaryTable is the summary as a Markdown table.
-func SummaryTable(res *Results) string {
+// SummaryTable is underlay profile's summary as a Markdown table.
+func SummaryTable(res *Results, profile string) string {
 	var b strings.Builder
 	t := titles(res)
 	b.WriteString("| metric |")
@@ -143,12 +143,25 @@ func SummaryTable(res *Results) string {
 		b.WriteString("---|")
 	}
 	b.WriteString("\n")
-	for _, m := range res.Summary {
+	for _, m := range res.ProfileMetrics(profile) {
 		b.WriteString("| " + mdEscape(m.heading()) + " |")
 		for _, p := range m.Paths {
 			b.WriteString(" " + SummaryCell(m, p) + " |")
 		}
 		b.WriteString("\n")
+	}
+	return b.String()
+}
+
+// SummaryTables is every profile's summary table under its title, for a
+// terminal.
+func SummaryTables(res *Results) string {
+	var b strings.Builder
+	for i, pr := range res.Profiles {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		fmt.Fprintf(&b, "Underlay: %s\n\n%s", pr.Title, SummaryTable(res, pr.Name))
 	}
 	return b.String()
 }
@@ -174,8 +187,8 @@ func reportHeader(b *strings.Builder, res *Results) {
 	m := res.Machine
 	st := res.Settings
 	fmt.Fprintf(b, "# weft benchmark: weft vs kernel VXLAN, host-gw and bare veth\n\n")
-	fmt.Fprintf(b, "Run %s, %d round(s) × %d test(s) × %d path(s), %d s per throughput test, in %s, by\n\n```\n%s\n```\n\n",
-		res.Started.Format("2006-01-02 15:04 MST"), st.Rounds, len(st.Tests), len(res.Paths), st.Seconds,
+	fmt.Fprintf(b, "Run %s, %d round(s) × %d test(s) × %d path(s) × %d underlay profile(s), %d s per throughput test, in %s, by\n\n```\n%s\n```\n\n",
+		res.Started.Format("2006-01-02 15:04 MST"), st.Rounds, len(st.Tests), len(res.Paths), len(res.Profiles), st.Seconds,
 		res.Finished.Sub(res.Started).Round(time.Second), res.Command)
 	fmt.Fprintf(b, "%s, %d CPUs (both namespaces share them), Linux %s. How to read this: [bench/README.md](../README.md).\n\n", m.CPU, m.CPUs, m.Kernel)
 	for _, n := range res.Notes {
@@ -189,9 +202,26 @@ func reportSummary(b *strings.Builder, res *Results) {
 	b.WriteString("## Summary\n\n")
 	fmt.Fprintf(b, "Median over %d round(s). In brackets: the path ÷ kernel VXLAN **from the same round**, median and range (min–max) over the rounds. ↑ higher is better, ↓ lower is better. "+
 		"CPU per GB: CPU seconds during the single-stream TCP test ÷ the GB its sender moved (the omitted first second included); \"all CPU\" is every busy CPU on the machine (iperf3 at both ends, kernel, daemons), softirq the kernel's packet processing, daemon the tunnel processes' utime+stime (none on the kernel paths). "+
-		"Counters (retransmits, drops) are totals over a round's tests, both nodes, median over rounds, without ratios. –: does not apply, or failed (see \"Every run\").\n\n", res.Settings.Rounds)
-	b.WriteString(SummaryTable(res))
-	b.WriteString("\n![weft, host-gw and bare veth relative to kernel VXLAN](" + ChartFile + ")\n\n")
+		"Counters (retransmits, drops) are totals over a round's tests, both nodes, median over rounds, without ratios. –: does not apply, or failed (see \"Every run\"). "+
+		"**weft** is weft with its defaults, the kernel fast path included where the kernel allows; **weft -fast-path=off** is its userspace path alone. "+
+		"Each underlay profile ran in a lab of its own, set up before anything started in it; ratios compare paths of the same profile and round.\n\n", res.Settings.Rounds)
+	for _, pr := range res.Profiles {
+		fmt.Fprintf(b, "### Underlay: %s\n\n%s.\n\n", pr.Title, upperFirst(pr.Description))
+		b.WriteString(SummaryTable(res, pr.Name))
+		b.WriteString("\n")
+	}
+	if len(res.Profiles) > 0 {
+		fmt.Fprintf(b, "The chart shows the first underlay, %s, only (two would be cluttered; the tables have both):\n\n", res.Profiles[0].Title)
+	}
+	b.WriteString("![weft, host-gw and bare veth relative to kernel VXLAN](" + ChartFile + ")\n\n")
+}
+
+// upperFirst capitalises s's first letter.
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
 }
 
 // reportMachine is the "Machine and settings" table.
@@ -209,10 +239,16 @@ func reportMachine(b *strings.Builder, res *Results) {
 	row("iperf3", m.Iperf3)
 	row("ping", m.PingBinary)
 	row("Go (weftlab)", m.Go)
-	row("underlay", fmt.Sprintf("%s MTU %d, txqueuelen %d, gso_max_size %d, gro_max_size %d, through a bridge in its own namespace",
-		m.Underlay.Name, m.Underlay.MTU, m.Underlay.TxQLen, m.Underlay.GSOMaxSize, m.Underlay.GROMaxSize))
-	if len(m.Offloads) > 0 {
-		row("eth0 offloads (ethtool -k)", strings.Join(m.Offloads, "; "))
+	for _, pr := range res.Profiles {
+		u := pr.Underlay
+		row("underlay "+pr.Name, fmt.Sprintf("%s: %s MTU %d, txqueuelen %d, gso_max_size %d, gro_max_size %d, through a bridge in its own namespace",
+			pr.Title, u.Name, u.MTU, u.TxQLen, u.GSOMaxSize, u.GROMaxSize))
+		if len(pr.Setup) > 0 {
+			row("underlay "+pr.Name+" set up by", strings.Join(pr.Setup, "; "))
+		}
+		if len(pr.Offloads) > 0 {
+			row("underlay "+pr.Name+", node 0's eth0 (ethtool -k)", strings.Join(pr.Offloads, "; "))
+		}
 	}
 	row("per test", fmt.Sprintf("iperf3 -t %d -O %d -J; UDP -u -l 64 -b 0; %d pings at %s; request/response 1 byte each way for %d s",
 		st.Seconds, st.Omit, st.Pings, st.PingInterval, st.Seconds))
@@ -221,15 +257,21 @@ func reportMachine(b *strings.Builder, res *Results) {
 	b.WriteString("\n")
 }
 
-// reportPaths is the "Paths" table: one row per path.
+// reportPaths is the "Paths" table: one row per path and profile (each
+// profile's lab has its own addresses).
 func reportPaths(b *strings.Builder, res *Results) {
-	b.WriteString("### Paths (node 0 → node 1)\n\n| path | from → to | device | MTU | txqueuelen | what |\n|---|---|---|---|---|---|\n")
-	for _, p := range res.Paths {
-		what := p.Description
-		if len(p.Daemon) > 0 {
-			what += "; node 0 ran `" + strings.Join(p.Daemon, " ") + "`"
+	b.WriteString("### Paths (node 0 → node 1)\n\n| underlay | path | from → to | device | MTU | txqueuelen | what |\n|---|---|---|---|---|---|---|\n")
+	for _, pr := range res.Profiles {
+		for _, p := range pr.Paths {
+			what := p.Description
+			if p.FastPath != "" {
+				what += "; kernel fast path: " + p.FastPath
+			}
+			if len(p.Daemon) > 0 {
+				what += "; node 0 ran `" + strings.Join(p.Daemon, " ") + "`"
+			}
+			fmt.Fprintf(b, "| %s | %s | %s → %s | %s | %d | %d | %s |\n", pr.Name, mdEscape(p.Title), p.Src, p.Dst, p.Device, p.MTU, p.TxQLen, mdEscape(what))
 		}
-		fmt.Fprintf(b, "| %s | %s → %s | %s | %d | %d | %s |\n", mdEscape(p.Title), p.Src, p.Dst, p.Device, p.MTU, p.TxQLen, mdEscape(what))
 	}
 	b.WriteString("\n")
 }
@@ -239,15 +281,15 @@ func reportPaths(b *strings.Builder, res *Results) {
 func reportRuns(b *strings.Builder, res *Results, t map[string]string) {
 	b.WriteString("## Every run\n\n")
 	b.WriteString("CPU columns are seconds over the test (daemon = the tunnel processes' utime+stime; all = every busy CPU on the machine). Drop counters are deltas over the test, both nodes: tx_dropped of the path's device (udp0 for weft), UdpRcvbufErrors/UdpSndbufErrors of each node's namespace (every UDP socket there, iperf3's own included), weft's own drop counters by reason. \"load\" is the other CPU use seen just before the test.\n\n")
-	b.WriteString("| round | test | path | result | retr | daemon CPU s | softirq s | all CPU s | tx_dropped | RcvbufErr | SndbufErr | weft drops | load |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| round | underlay | test | path | result | retr | daemon CPU s | softirq s | all CPU s | tx_dropped | RcvbufErr | SndbufErr | weft drops | load |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, s := range res.Samples {
 		load := fmt.Sprintf("%.0f %%", s.OtherLoad)
 		if !s.IdleOK {
 			load += " (busy)"
 		}
-		fmt.Fprintf(b, "| %d | %s | %s | %s | %s | %.2f | %.2f | %.2f | %d | %d | %d | %s | %s |\n",
-			s.Round, s.Test, mdEscape(t[s.Path]), mdEscape(sampleResult(s)), retr(s), s.DaemonCPU, s.SoftirqCPU, s.BusyCPU,
+		fmt.Fprintf(b, "| %d | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f | %d | %d | %d | %s | %s |\n",
+			s.Round, s.Profile, s.Test, mdEscape(t[s.Path]), mdEscape(sampleResult(s)), retr(s), s.DaemonCPU, s.SoftirqCPU, s.BusyCPU,
 			s.TunTxDropped, s.UDPRcvbufErrors, s.UDPSndbufErrors, dropString(s.WeftDrops), load)
 	}
 	b.WriteString("\n")
@@ -258,27 +300,35 @@ func reportRuns(b *strings.Builder, res *Results, t map[string]string) {
 func reportRounds(b *strings.Builder, res *Results, t map[string]string) {
 	rounds := res.Settings.Rounds
 	b.WriteString("## Per round\n\nEach summary metric for each round, so that the spread is visible.\n\n")
-	b.WriteString("| metric | path |")
+	b.WriteString("| underlay | metric | path |")
 	for r := 1; r <= rounds; r++ {
 		fmt.Fprintf(b, " round %d |", r)
 	}
-	b.WriteString("\n|---|---|")
+	b.WriteString("\n|---|---|---|")
 	for r := 1; r <= rounds; r++ {
 		b.WriteString("---|")
 	}
 	b.WriteString("\n")
-	for _, ms := range res.Summary {
-		for _, p := range ms.Paths {
-			fmt.Fprintf(b, "| %s | %s |", mdEscape(ms.heading()), mdEscape(t[p.Path]))
-			for _, v := range p.Values {
-				if v == nil {
-					b.WriteString(" – |")
-				} else {
-					b.WriteString(" " + FormatValue(*v, ms.Unit) + " |")
-				}
-			}
-			b.WriteString("\n")
+	for _, ps := range res.Summary {
+		for _, ms := range ps.Metrics {
+			reportRoundRows(b, ps.Profile, ms, t)
 		}
+	}
+}
+
+// reportRoundRows is one metric's rows of "Per round" in profile, one per
+// path; t maps path names to titles.
+func reportRoundRows(b *strings.Builder, profile string, ms MetricSummary, t map[string]string) {
+	for _, p := range ms.Paths {
+		fmt.Fprintf(b, "| %s | %s | %s |", profile, mdEscape(ms.heading()), mdEscape(t[p.Path]))
+		for _, v := range p.Values {
+			if v == nil {
+				b.WriteString(" – |")
+			} else {
+				b.WriteString(" " + FormatValue(*v, ms.Unit) + " |")
+			}
+		}
+		b.WriteString("\n")
 	}
 }
 

@@ -16,77 +16,103 @@ import (
 	"time"
 )
 
-// fakeResults is two rounds of every test on the four built-in paths,
-// with numbers chosen so that medians and ratios are easy to check:
-// vxlan's tcp1 is 10 and 12 Gb/s, weft's 1 and 3, so weft's ratios are
-// 0.1 and 0.25.
+// fakeResults is two rounds of every test on the five built-in paths in
+// both underlay profiles, with numbers chosen so that medians and ratios
+// are easy to check: in the default profile vxlan's tcp1 is 10 and 12 Gb/s,
+// weft's 1 and 3, so weft's ratios are 0.1 and 0.25; weft -fast-path=off's
+// are 0.05. In the NIC-like profile weft has twice its default factor
+// (ratio 0.2 in both rounds), the other paths the same.
 func fakeResults() *Results {
 	paths := []Path{
-		{Name: "weft", Title: "weft", Src: netip.MustParseAddr("198.19.1.1"), Dst: netip.MustParseAddr("198.19.2.1"), Device: "udp0", MTU: 1472},
+		{Name: "weft", Title: "weft", Src: netip.MustParseAddr("198.19.1.1"), Dst: netip.MustParseAddr("198.19.2.1"), Device: "udp0", MTU: 1472,
+			FastPath: "running (tcx) on both nodes"},
+		{Name: UserspacePath, Title: UserspaceTitle, Device: UserspaceTUN, MTU: 1472, FastPath: "off (-fast-path=off) on both nodes"},
 		{Name: "vxlan", Title: "kernel VXLAN", Device: "flannel.1", MTU: 1450},
 		{Name: "host-gw", Title: "host-gw", Device: "eth0", MTU: 1500},
 		{Name: "veth", Title: "bare veth", Device: "eth0", MTU: 1500},
 	}
-	scale := map[string]float64{"weft": 0.1, "vxlan": 1, "host-gw": 1.2, "veth": 1.4}
 	res := &Results{
-		Schema: 1, Started: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Finished: time.Date(2026, 1, 2, 3, 9, 5, 0, time.UTC),
+		Schema: Schema, Started: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Finished: time.Date(2026, 1, 2, 3, 9, 5, 0, time.UTC),
 		Command: "weftlab bench -weft ./bin/weft", Paths: paths,
 		Machine:  Machine{Kernel: "6.18.44", CPU: "Test CPU <fast> & cheap", CPUs: 2},
 		Settings: Settings{Seconds: 10, Rounds: 2, Omit: 1, Pings: 1000, PingInterval: "10ms", UnderlayMTU: 1500, IdleThreshold: 15, Tests: AllTests},
 	}
+	for _, name := range AllProfiles {
+		sp := profileSpecs[name]
+		res.Profiles = append(res.Profiles, Profile{Name: name, Title: sp.title, Description: sp.description,
+			Underlay: Link{Name: "eth0 (veth)", MTU: 1500, TxQLen: 1000}, Paths: paths})
+	}
+	res.Profiles[1].Setup = []string{"n0: ethtool -K eth0 gro on tx-udp_tnl-segmentation off tx-udp_tnl-csum-segmentation off"}
 	for round := 1; round <= 2; round++ {
 		for _, test := range AllTests {
-			for _, p := range paths {
-				k := scale[p.Name]
-				s := Sample{Round: round, Test: test, Path: p.Name, IdleOK: true, OtherLoad: 2, Daemon: p.Name == "weft", Weft: p.Name == "weft"}
-				switch test {
-				case TestTCP1:
-					s.Gbps = 10 * k
-					if round == 2 {
-						s.Gbps = 12 * k
-						if p.Name == "weft" {
-							s.Gbps = 3 // ratio 0.25 this round
-						}
-					}
-					s.BytesMoved = int64(s.Gbps * 1e9 / 8 * 11)
-					s.BusyCPU, s.SoftirqCPU = 10, 2
-					if p.Name == "weft" {
-						s.DaemonCPU = 8
-					}
-					s.Retransmits = 3
-				case TestTCP4, TestTCP8:
-					s.Gbps = 20 * k
-					s.BytesMoved = 1e9
-				case TestUDP64:
-					s.DeliveredPP, s.SentPPS = 100e3*k, 200e3
-				case TestPing:
-					s.PingSent, s.PingRecv, s.P50ms, s.P99ms = 1000, 1000, 0.1/k, 0.2/k
-				case TestRR:
-					s.RRPerSec = 50e3 * k
+			for _, pr := range AllProfiles {
+				for _, p := range paths {
+					res.Samples = append(res.Samples, fakeSample(round, pr, test, p.Name))
 				}
-				if p.Name == "weft" && test == TestUDP64 {
-					s.TunTxDropped, s.UDPRcvbufErrors = 500, 40
-					s.WeftDrops = map[string]uint64{"no_route": 2}
-				}
-				res.Samples = append(res.Samples, s)
 			}
 		}
 	}
 	// A failed test must show up as missing, not as zero.
-	res.Samples = append(res.Samples[:0:0], res.Samples...)
 	for i := range res.Samples {
-		if s := &res.Samples[i]; s.Round == 2 && s.Test == TestRR && s.Path == "veth" {
+		if s := &res.Samples[i]; s.Round == 2 && s.Test == TestRR && s.Path == "veth" && s.Profile == ProfileDefault {
 			s.Error, s.RRPerSec = "lab: connect: refused", 0
 		}
 	}
-	res.Summary = Summarize(res.Samples, PathNames(paths), 2)
+	res.Summary = SummarizeProfiles(res)
 	res.Notes = notes(res)
 	return res
 }
 
+// fakeSample is fakeResults' sample of path in profile, round and test.
+func fakeSample(round int, profile, test, path string) Sample {
+	k := map[string]float64{"weft": 0.1, UserspacePath: 0.05, "vxlan": 1, "host-gw": 1.2, "veth": 1.4}[path]
+	if profile == ProfileNIC && path == "weft" {
+		k *= 2
+	}
+	weft := path == "weft" || path == UserspacePath
+	s := Sample{Round: round, Profile: profile, Test: test, Path: path, IdleOK: true, OtherLoad: 2, Daemon: weft, Weft: weft}
+	switch test {
+	case TestTCP1:
+		s.Gbps = 10 * k
+		if round == 2 {
+			s.Gbps = 12 * k
+			if path == "weft" && profile == ProfileDefault {
+				s.Gbps = 3 // ratio 0.25 this round
+			}
+		}
+		s.BytesMoved = int64(s.Gbps * 1e9 / 8 * 11)
+		s.BusyCPU, s.SoftirqCPU = 10, 2
+		if weft {
+			s.DaemonCPU = 8
+		}
+		s.Retransmits = 3
+	case TestTCP4, TestTCP8:
+		s.Gbps = 20 * k
+		s.BytesMoved = 1e9
+	case TestUDP64:
+		s.DeliveredPP, s.SentPPS = 100e3*k, 200e3
+	case TestPing:
+		s.PingSent, s.PingRecv, s.P50ms, s.P99ms = 1000, 1000, 0.1/k, 0.2/k
+	case TestRR:
+		s.RRPerSec = 50e3 * k
+	}
+	if path == "weft" && test == TestUDP64 {
+		s.TunTxDropped, s.UDPRcvbufErrors = 500, 40
+		s.WeftDrops = map[string]uint64{"no_route": 2}
+	}
+	return s
+}
+
+// metric is key's summary of path in the default profile.
 func metric(t *testing.T, res *Results, key, path string) PathSummary {
 	t.Helper()
-	for _, m := range res.Summary {
+	return metricIn(t, res, ProfileDefault, key, path)
+}
+
+// metricIn is key's summary of path in profile.
+func metricIn(t *testing.T, res *Results, profile, key, path string) PathSummary {
+	t.Helper()
+	for _, m := range res.ProfileMetrics(profile) {
 		if m.Key != key {
 			continue
 		}
@@ -96,7 +122,7 @@ func metric(t *testing.T, res *Results, key, path string) PathSummary {
 			}
 		}
 	}
-	t.Fatalf("no %s for %s in the summary", key, path)
+	t.Fatalf("no %s for %s in profile %s's summary", key, path, profile)
 	return PathSummary{}
 }
 
@@ -104,8 +130,13 @@ func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
 
 func TestSummarize(t *testing.T) {
 	res := fakeResults()
-	if len(res.Summary) != len(Metrics) {
-		t.Fatalf("%d summary rows, want %d", len(res.Summary), len(Metrics))
+	if len(res.Summary) != len(AllProfiles) {
+		t.Fatalf("%d profile summaries, want %d", len(res.Summary), len(AllProfiles))
+	}
+	for _, ps := range res.Summary {
+		if len(ps.Metrics) != len(Metrics) {
+			t.Fatalf("profile %s: %d summary rows, want %d", ps.Profile, len(ps.Metrics), len(Metrics))
+		}
 	}
 	w := metric(t, res, "tcp1_gbps", "weft")
 	if w.Median == nil || !near(*w.Median, 2) {
@@ -145,14 +176,20 @@ func TestSummarize(t *testing.T) {
 	if d := metric(t, res, "retransmits", "vxlan"); d.Median == nil || *d.Median != 3 {
 		t.Errorf("vxlan retransmits = %+v", d)
 	}
-	if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "1 of 48 tests failed") {
+	if len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "1 of 120 tests failed") {
 		t.Errorf("notes = %q", res.Notes)
+	}
+	// A weft column without its fast path is called out.
+	res.Profiles[1].Paths = append([]Path(nil), res.Profiles[1].Paths...)
+	res.Profiles[1].Paths[0].FastPath = "not running (-fast-path=auto): missing CAP_BPF on both nodes"
+	if n := notes(res); len(n) != 2 || !strings.Contains(n[1], "underlay NIC-like (GRO on, no UDP tunnel TSO): the weft column ran without its kernel fast path") {
+		t.Errorf("notes without the fast path = %q", n)
 	}
 }
 
 func TestSummaryCell(t *testing.T) {
 	res := fakeResults()
-	m := res.Summary[0] // tcp1
+	m := res.Summary[0].Metrics[0] // tcp1 in the default profile
 	cells := map[string]string{}
 	for _, p := range m.Paths {
 		cells[p.Path] = SummaryCell(m, p)
@@ -183,23 +220,30 @@ func TestFormatValue(t *testing.T) {
 	}
 }
 
-func TestWriteReport(t *testing.T) {
+// fakeReport is fakeResults and its report.md.
+func fakeReport(t *testing.T) (*Results, string) {
+	t.Helper()
 	res := fakeResults()
 	var b bytes.Buffer
 	if err := WriteReport(&b, res); err != nil {
 		t.Fatal(err)
 	}
-	md := b.String()
+	return res, b.String()
+}
+
+func TestWriteReport(t *testing.T) {
+	res, md := fakeReport(t)
 	for _, want := range []string{
-		"| metric | weft | kernel VXLAN | host-gw | bare veth |",
-		"| TCP, 1 stream, Gb/s ↑ | 2.00 (0.17×, 0.10–0.25×) | 11.0 (1×) |",
+		"| metric | weft | weft -fast-path=off | kernel VXLAN | host-gw | bare veth |",
+		"| TCP, 1 stream, Gb/s ↑ | 2.00 (0.17×, 0.10–0.25×) | 0.550 (0.050×) | 11.0 (1×) |",
 		"| ping RTT p99, ms ↓ |",
 		"weftlab bench -weft ./bin/weft",
 		"Test CPU <fast> & cheap",
 		"ERROR: lab: connect: refused",
 		"no_route=2",
 		"](chart.svg)",
-		"1 of 48 tests failed",
+		"1 of 120 tests failed",
+		"kernel fast path: running (tcx) on both nodes",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
@@ -304,7 +348,8 @@ func TestWriteChart(t *testing.T) {
 		t.Errorf("ping bar heights host-gw %g vxlan %g", h, v)
 	}
 	all := strings.Join(texts, "\n")
-	for _, want := range []string{"kernel VXLAN", "bare veth", "VXLAN = 11.0 Gb/s", "0.17", "higher is better", "lower is better"} {
+	for _, want := range []string{"kernel VXLAN", "weft -fast-path=off", "bare veth", "VXLAN = 11.0 Gb/s", "0.17", "higher is better",
+		"lower is better", "underlay veth (default)"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("chart text lacks %q", want)
 		}
@@ -338,5 +383,91 @@ func TestWriteOutputs(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(dir, "*.tmp")); len(left) > 0 {
 		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// TestBothWeftColumnsBothProfiles: the report, the terminal's tables and
+// results.json have weft and weft -fast-path=off, each with its ratio to
+// kernel VXLAN, under both underlay profiles.
+func TestBothWeftColumnsBothProfiles(t *testing.T) {
+	res, md := fakeReport(t)
+	header := "| metric | weft | weft -fast-path=off | kernel VXLAN | host-gw | bare veth |"
+	for _, want := range []struct{ heading, tcp1 string }{
+		{"### Underlay: veth (default)", "| TCP, 1 stream, Gb/s ↑ | 2.00 (0.17×, 0.10–0.25×) | 0.550 (0.050×) | 11.0 (1×) |"},
+		{"### Underlay: NIC-like (GRO on, no UDP tunnel TSO)", "| TCP, 1 stream, Gb/s ↑ | 2.20 (0.20×) | 0.550 (0.050×) | 11.0 (1×) |"},
+	} {
+		i := strings.Index(md, want.heading)
+		if i < 0 {
+			t.Errorf("report lacks %q", want.heading)
+			continue
+		}
+		section := md[i:]
+		if j := strings.Index(section[1:], "\n### "); j > 0 {
+			section = section[:j+1]
+		}
+		if !strings.Contains(section, header) || !strings.Contains(section, want.tcp1) {
+			t.Errorf("%s: table lacks %q or %q:\n%s", want.heading, header, want.tcp1, section)
+		}
+	}
+	terminal := SummaryTables(res)
+	for _, want := range []string{"Underlay: veth (default)", "Underlay: NIC-like (GRO on, no UDP tunnel TSO)", header} {
+		if strings.Count(terminal, want) < 1 || (want == header && strings.Count(terminal, want) != 2) {
+			t.Errorf("summary tables lack %q (twice for the header):\n%s", want, terminal)
+		}
+	}
+	js, err := json.Marshal(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeResults(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pr := range AllProfiles {
+		for path, want := range map[string]float64{"weft": map[string]float64{ProfileDefault: 0.175, ProfileNIC: 0.2}[pr], UserspacePath: 0.05} {
+			for _, r := range []*Results{res, back} {
+				if m := metricIn(t, r, pr, "tcp1_gbps", path); m.Ratio == nil || !near(m.Ratio.Median, want) {
+					t.Errorf("%s in %s: tcp1 ratio %+v, want %g", path, pr, m.Ratio, want)
+				}
+			}
+			if m := metricIn(t, res, pr, "ping_p50_ms", path); m.Ratio == nil {
+				t.Errorf("%s in %s: no ping ratio", path, pr)
+			}
+		}
+	}
+}
+
+// TestDecodeSchema1: a results.json from before underlay profiles reads as
+// the default profile, with its underlay and a summary computed again.
+func TestDecodeSchema1(t *testing.T) {
+	res := fakeResults()
+	var samples []Sample
+	for _, s := range res.Samples {
+		if s.Profile == ProfileDefault {
+			samples = append(samples, s)
+		}
+	}
+	js, err := json.Marshal(map[string]any{
+		"schema": 1, "command": res.Command, "settings": res.Settings, "paths": res.Paths, "samples": samples,
+		"machine": map[string]any{"kernel": "6.1", "underlay": res.Profiles[0].Underlay, "offloads": []string{"generic-receive-offload: off"}},
+		"summary": Summarize(samples, PathNames(res.Paths), res.Settings.Rounds),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	js = bytes.ReplaceAll(js, []byte(`"profile":"default",`), nil) // schema 1 samples had no profile
+	got, err := DecodeResults(js)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Schema != Schema || len(got.Profiles) != 1 || got.Profiles[0].Name != ProfileDefault || got.Profiles[0].Underlay.MTU != 1500 ||
+		len(got.Profiles[0].Offloads) != 1 || got.Machine.Kernel != "6.1" {
+		t.Errorf("decoded %+v, profiles %+v", got, got.Profiles)
+	}
+	if m := metric(t, got, "tcp1_gbps", "weft"); m.Ratio == nil || !near(m.Ratio.Median, 0.175) {
+		t.Errorf("weft tcp1 ratio after decoding schema 1: %+v", m.Ratio)
+	}
+	if _, err := DecodeResults([]byte("{")); err == nil {
+		t.Error("bad JSON decoded")
 	}
 }

@@ -23,6 +23,10 @@ const (
 // AllTests is every test, in run order.
 var AllTests = []string{TestTCP1, TestTCP4, TestTCP8, TestUDP64, TestPing, TestRR}
 
+// Schema is the version of results.json this package writes. Schema 1
+// (before underlay profiles) is read by DecodeResults as one profile.
+const Schema = 2
+
 // Results is everything one run measured: what results.json holds and
 // what the report and the chart are made from.
 type Results struct {
@@ -32,12 +36,37 @@ type Results struct {
 	Command  string    `json:"command"`
 	Machine  Machine   `json:"machine"`
 	Settings Settings  `json:"settings"`
-	Paths    []Path    `json:"paths"`
+	// Paths are the columns, in order, as set up in the first profile;
+	// each profile's own addresses are in its Paths.
+	Paths []Path `json:"paths"`
+	// Profiles are the underlay profiles measured, in order, each in a
+	// lab of its own.
+	Profiles []Profile `json:"profiles"`
 	// Samples holds every test of every round, in run order.
 	Samples []Sample `json:"samples"`
-	// Summary is computed from Samples by Summarize.
-	Summary []MetricSummary `json:"summary"`
-	Notes   []string        `json:"notes,omitempty"`
+	// Summary is computed from Samples by SummarizeProfiles: one per
+	// profile, in the order of Profiles.
+	Summary []ProfileSummary `json:"summary"`
+	Notes   []string         `json:"notes,omitempty"`
+}
+
+// Profile is one underlay profile as it was measured: how its lab's veths
+// were set up before anything else started, and what the paths were there.
+type Profile struct {
+	Name        string `json:"name"`
+	Title       string `json:"title"`
+	Description string `json:"description"`
+	// Setup is the commands that applied it (none for the default).
+	Setup    []string `json:"setup,omitempty"`
+	Underlay Link     `json:"underlay"`
+	Offloads []string `json:"offloads,omitempty"` // ethtool -k eth0 on node 0, when ethtool is installed
+	Paths    []Path   `json:"paths"`
+}
+
+// ProfileSummary is the summary of one underlay profile's samples.
+type ProfileSummary struct {
+	Profile string          `json:"profile"`
+	Metrics []MetricSummary `json:"metrics"`
 }
 
 // Machine describes where the numbers were taken.
@@ -50,8 +79,6 @@ type Machine struct {
 	Go         string   `json:"go"`
 	Weft       string   `json:"weft"`
 	WeftArgs   []string `json:"weftArgs"`
-	Underlay   Link     `json:"underlay"`
-	Offloads   []string `json:"offloads,omitempty"` // ethtool -k eth0, when ethtool is installed
 	PingBinary string   `json:"ping,omitempty"`
 }
 
@@ -88,16 +115,21 @@ type Path struct {
 	MTU         int        `json:"mtu"`
 	TxQLen      int        `json:"txqueuelen"`
 	Daemon      []string   `json:"daemon,omitempty"` // node 0's daemon command line
+	// FastPath is weft's kernel fast path on this path as its /status said
+	// after setup ("running (tcx)", "off: -fast-path=off", ...); empty for
+	// paths that are not weft.
+	FastPath string `json:"fastPath,omitempty"`
 }
 
 // Sample is one test of one path in one round. Counters are deltas over
 // the test, summed over both nodes.
 type Sample struct {
-	Round int       `json:"round"`
-	Test  string    `json:"test"`
-	Path  string    `json:"path"`
-	Start time.Time `json:"start"`
-	Wall  float64   `json:"wallSeconds"`
+	Round   int       `json:"round"`
+	Profile string    `json:"profile"` // the underlay profile's Name
+	Test    string    `json:"test"`
+	Path    string    `json:"path"`
+	Start   time.Time `json:"start"`
+	Wall    float64   `json:"wallSeconds"`
 	// OtherLoad is the machine's CPU use (percent of all CPUs) just before
 	// the test, while nothing of the benchmark ran; IdleOK says it was under
 	// the threshold.
@@ -342,6 +374,33 @@ func Summarize(samples []Sample, paths []string, rounds int) []MetricSummary {
 		out = append(out, ms)
 	}
 	return out
+}
+
+// SummarizeProfiles summarizes res.Samples per profile, in the order of
+// res.Profiles, over res.Paths and res.Settings.Rounds.
+func SummarizeProfiles(res *Results) []ProfileSummary {
+	names := PathNames(res.Paths)
+	out := make([]ProfileSummary, 0, len(res.Profiles))
+	for _, pr := range res.Profiles {
+		var samples []Sample
+		for _, s := range res.Samples {
+			if s.Profile == pr.Name {
+				samples = append(samples, s)
+			}
+		}
+		out = append(out, ProfileSummary{Profile: pr.Name, Metrics: Summarize(samples, names, res.Settings.Rounds)})
+	}
+	return out
+}
+
+// ProfileMetrics is profile's summary in res (nil if it has none).
+func (res *Results) ProfileMetrics(profile string) []MetricSummary {
+	for _, ps := range res.Summary {
+		if ps.Profile == profile {
+			return ps.Metrics
+		}
+	}
+	return nil
 }
 
 // PathNames lists the names of paths, in order.

@@ -76,6 +76,18 @@ func requireBenchTools(t *testing.T) {
 	}
 }
 
+// requireEthtool skips without ethtool, which the NIC-like profile needs
+// (in CI, where .ci/run installs it, its absence is a failure).
+func requireEthtool(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("ethtool"); err != nil {
+		if os.Getenv("CI") == "true" || os.Getenv("WEFT_E2E_REQUIRED") == "1" {
+			t.Fatal("the NIC-like underlay profile needs ethtool (.ci/run installs it): apt-get install -y ethtool")
+		}
+		t.Skip("ethtool is not installed (apt-get install -y ethtool): skipping the NIC-like underlay profile")
+	}
+}
+
 // leftovers lists namespaces of this process's labs.
 func leftovers() []string {
 	var out []string
@@ -88,15 +100,16 @@ func leftovers() []string {
 	return out
 }
 
-// TestSmoke runs the whole suite, 1 s per test and one round, and checks
-// every path measured sensible numbers and the outputs are complete.
+// TestSmoke runs the whole suite in the default underlay profile, 1 s per
+// test and one round, and checks every path measured sensible numbers and
+// the outputs are complete.
 func TestSmoke(t *testing.T) {
 	requireBenchTools(t)
 	weft := weftBinary(t)
 	var progress bytes.Buffer
 	start := time.Now()
 	res, err := Run(t.Context(), Config{
-		WeftBin: weft, Seconds: 1, Rounds: 1,
+		WeftBin: weft, Seconds: 1, Rounds: 1, Profiles: []string{ProfileDefault},
 		Omit:       -1, // no slow-start omission: keeps the test short
 		IdleSample: 100 * time.Millisecond, IdleWait: time.Second,
 		Command:  "go test ./bench/suite -run TestSmoke",
@@ -110,17 +123,24 @@ func TestSmoke(t *testing.T) {
 		t.Errorf("namespaces left after Run: %v", left)
 	}
 
-	if got := PathNames(res.Paths); strings.Join(got, ",") != "weft,vxlan,host-gw,veth" {
+	if got := PathNames(res.Paths); strings.Join(got, ",") != "weft,weft-userspace,vxlan,host-gw,veth" {
 		t.Fatalf("paths %v", got)
 	}
 	want := map[string]struct {
 		dev string
 		mtu int
-	}{"weft": {"udp0", 1472}, "vxlan": {"flannel.1", 1450}, "host-gw": {"eth0", 1500}, "veth": {"eth0", 1500}}
+	}{"weft": {"udp0", 1472}, UserspacePath: {UserspaceTUN, 1472}, "vxlan": {"flannel.1", 1450}, "host-gw": {"eth0", 1500}, "veth": {"eth0", 1500}}
 	for _, p := range res.Paths {
 		if w := want[p.Name]; p.Device != w.dev || p.MTU != w.mtu {
 			t.Errorf("path %s: device %s MTU %d, want %s %d", p.Name, p.Device, p.MTU, w.dev, w.mtu)
 		}
+	}
+	if p := res.Paths[1]; !UserspaceNetwork.Contains(p.Src) || !strings.Contains(strings.Join(p.Daemon, " "), "--fast-path=off") ||
+		!strings.HasPrefix(p.FastPath, "off (-fast-path=off)") {
+		t.Errorf("weft -fast-path=off path %+v", p)
+	}
+	if p := res.Paths[0]; p.FastPath == "" {
+		t.Errorf("weft's fast path state not recorded: %+v", p)
 	}
 	if n := len(res.Samples); n != len(AllTests)*len(res.Paths) {
 		t.Fatalf("%d samples, want %d", n, len(AllTests)*len(res.Paths))
@@ -148,11 +168,12 @@ func TestSmoke(t *testing.T) {
 				t.Errorf("rr on %s: %g/s", s.Path, s.RRPerSec)
 			}
 		}
-		// weft moved bytes through its daemons; the kernel paths have none.
-		if s.Path == "weft" && s.Test == TestTCP1 && s.DaemonCPU <= 0 {
-			t.Errorf("weft's daemons used no CPU moving %d bytes", s.BytesMoved)
+		// weft -fast-path=off moved bytes through its daemons (weft's own
+		// may have left it to the kernel); the kernel paths have none.
+		if s.Path == UserspacePath && s.Test == TestTCP1 && s.DaemonCPU <= 0 {
+			t.Errorf("weft -fast-path=off's daemons used no CPU moving %d bytes", s.BytesMoved)
 		}
-		if s.Path != "weft" && s.DaemonCPU != 0 {
+		if !s.Daemon && s.DaemonCPU != 0 {
 			t.Errorf("%s on %s: daemon CPU %g without a daemon", s.Test, s.Path, s.DaemonCPU)
 		}
 	}
@@ -181,13 +202,62 @@ func TestSmoke(t *testing.T) {
 	}
 }
 
+// TestProfiles runs both underlay profiles, one round of a TCP stream and a
+// few pings, and checks that the NIC-like profile took and that both weft
+// columns have ratios to VXLAN in both.
+func TestProfiles(t *testing.T) {
+	requireBenchTools(t)
+	requireEthtool(t)
+	weft := weftBinary(t)
+	res, err := Run(t.Context(), Config{
+		WeftBin: weft, Seconds: 1, Rounds: 1, Omit: -1, Tests: []string{TestTCP1, TestPing}, Pings: 20,
+		IdleSample: 100 * time.Millisecond, IdleWait: time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Profiles) != 2 || res.Profiles[0].Name != ProfileDefault || res.Profiles[1].Name != ProfileNIC {
+		t.Fatalf("profiles %+v", res.Profiles)
+	}
+	nic := strings.Join(res.Profiles[1].Offloads, "; ")
+	for _, want := range []string{"generic-receive-offload: on", "tx-udp_tnl-segmentation: off", "tx-udp_tnl-csum-segmentation: off"} {
+		if !strings.Contains(nic, want) {
+			t.Errorf("NIC-like profile's eth0: %s; want %s", nic, want)
+		}
+	}
+	if len(res.Profiles[1].Setup) != 4 || len(res.Profiles[0].Setup) != 0 {
+		t.Errorf("setup commands: %q and %q", res.Profiles[0].Setup, res.Profiles[1].Setup)
+	}
+	if def := strings.Join(res.Profiles[0].Offloads, "; "); !strings.Contains(def, "generic-receive-offload: off") {
+		t.Errorf("default profile's eth0: %s", def)
+	}
+	if n := len(res.Samples); n != 2*2*5 {
+		t.Errorf("%d samples, want 20", n)
+	}
+	for _, s := range res.Samples {
+		if s.Error != "" {
+			t.Errorf("%s on %s in %s: %s", s.Test, s.Path, s.Profile, s.Error)
+		}
+	}
+	for _, pr := range AllProfiles {
+		for _, path := range []string{"weft", UserspacePath} {
+			if m := metricIn(t, res, pr, "tcp1_gbps", path); m.Ratio == nil || m.Ratio.Median <= 0 {
+				t.Errorf("%s in %s: tcp1 %+v", path, pr, m)
+			}
+		}
+	}
+	if left := leftovers(); len(left) > 0 {
+		t.Errorf("namespaces left after Run: %v", left)
+	}
+}
+
 // TestExtraPath measures a second weft (its own TUN, port and network) as
 // a -path, the way a stock flanneld would be added.
 func TestExtraPath(t *testing.T) {
 	requireBenchTools(t)
 	weft := weftBinary(t)
 	res, err := Run(t.Context(), Config{
-		WeftBin: weft, Seconds: 1, Rounds: 1, Tests: []string{TestPing}, Pings: 20,
+		WeftBin: weft, Seconds: 1, Rounds: 1, Tests: []string{TestPing}, Pings: 20, Profiles: []string{ProfileDefault},
 		IdleSample: 100 * time.Millisecond, IdleWait: time.Second,
 		Extra: []ExtraPath{{Name: "weft-2", Template: weft +
 			" -etcd-endpoints={etcd} -etcd-prefix={prefix} -subnet-file={subnet_file} -iface={iface} -tun-name=udp9" +

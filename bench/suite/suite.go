@@ -1,8 +1,10 @@
-// Package suite runs weft's benchmark: weft, kernel VXLAN, host-gw and bare
-// veth (plus any daemon the user adds) between the same two lab namespaces,
-// interleaved round by round, and writes a Markdown report, an SVG chart
-// and a JSON file. It builds on bench/lab, the harness the demo and the
-// end-to-end tests use.
+// Package suite runs weft's benchmark: weft (its defaults, the kernel fast
+// path included where the kernel allows), weft -fast-path=off, kernel VXLAN,
+// host-gw and bare veth (plus any daemon the user adds) between the same two
+// lab namespaces, interleaved round by round, in each underlay profile (the
+// default veths, and veths that behave like a NIC), and writes a Markdown
+// report, an SVG chart and a JSON file. It builds on bench/lab, the harness
+// the demo and the end-to-end tests use.
 package suite
 
 import (
@@ -15,7 +17,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -31,12 +32,22 @@ var (
 	WeftNetwork = netip.MustParsePrefix("198.19.0.0/17")
 	// ExtraNetworks: extra path k gets 198.19.(128+16k).0/20.
 	extraBase = netip.MustParsePrefix("198.19.128.0/20")
-	// lab.DefaultVXLANSubnet (198.19.200.0/24) and lab.DefaultHostGWBase
-	// (198.19.210+i.0/24) complete it.
+	// lab.DefaultVXLANSubnet (198.19.200.0/24), lab.DefaultHostGWBase
+	// (198.19.210+i.0/24) and UserspaceNetwork (198.19.224.0/20, weft
+	// -fast-path=off) complete it.
 )
 
 // MaxExtraPaths is how many -path daemons fit the address plan.
 const MaxExtraPaths = 4
+
+// DefaultSeconds and DefaultRounds are a run's length unless configured:
+// five paths in two underlay profiles are 60 tests a round, each taking
+// its seconds plus about 3 s (iperf3's omitted second, the idle check,
+// ping's longer run), so 3 rounds of 6 s take about 28 minutes.
+const (
+	DefaultSeconds = 6
+	DefaultRounds  = 3
+)
 
 const (
 	iperfPort      = 5201
@@ -70,8 +81,8 @@ const Placeholders = `{etcd} etcd endpoint, {prefix} the path's etcd prefix, {su
 type Config struct {
 	WeftBin  string
 	WeftArgs []string // extra weft flags on both nodes
-	Seconds  int      // per iperf3 test and request/response (default 10)
-	Rounds   int      // default 3
+	Seconds  int      // per iperf3 test and request/response (default DefaultSeconds)
+	Rounds   int      // default DefaultRounds
 	MTU      int      // underlay veth MTU (default 1500)
 	Omit     int      // iperf3 -O seconds (0: 1; negative: none)
 	Pings    int      // default max(200, 100 × Seconds)
@@ -80,10 +91,13 @@ type Config struct {
 	// IdleSample is how long each idle check samples /proc/stat (0.5 s).
 	IdleSample time.Duration
 	Tests      []string // default AllTests
-	Extra      []ExtraPath
-	Command    string // the command line, for the report
-	Logger     *slog.Logger
-	Progress   io.Writer // one line per test; nil: none
+	// Profiles are the underlay profiles, each measured in a lab of its
+	// own (default AllProfiles).
+	Profiles []string
+	Extra    []ExtraPath
+	Command  string // the command line, for the report
+	Logger   *slog.Logger
+	Progress io.Writer // one line per test; nil: none
 }
 
 // defaults fills in the zero fields and checks the result.
@@ -98,10 +112,10 @@ func (c *Config) defaults() error {
 // fillDefaults replaces each unset field by its default.
 func (c *Config) fillDefaults() {
 	if c.Seconds == 0 {
-		c.Seconds = 10
+		c.Seconds = DefaultSeconds
 	}
 	if c.Rounds == 0 {
-		c.Rounds = 3
+		c.Rounds = DefaultRounds
 	}
 	if c.MTU == 0 {
 		c.MTU = 1500
@@ -126,6 +140,9 @@ func (c *Config) fillDefaults() {
 	}
 	if len(c.Tests) == 0 {
 		c.Tests = AllTests
+	}
+	if len(c.Profiles) == 0 {
+		c.Profiles = AllProfiles
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -157,6 +174,14 @@ func (c *Config) checkLimits() error {
 			return fmt.Errorf("test %q: want one of %s", t, strings.Join(AllTests, ", "))
 		}
 	}
+	for i, p := range c.Profiles {
+		if !contains(AllProfiles, p) {
+			return fmt.Errorf("underlay profile %q: want one of %s", p, strings.Join(AllProfiles, ", "))
+		}
+		if contains(c.Profiles[:i], p) {
+			return fmt.Errorf("underlay profile %q given twice", p)
+		}
+	}
 	return nil
 }
 
@@ -166,14 +191,14 @@ func (c *Config) checkExtra() error {
 	if len(c.Extra) > MaxExtraPaths {
 		return fmt.Errorf("%d extra paths: at most %d fit the address plan", len(c.Extra), MaxExtraPaths)
 	}
-	seen := map[string]bool{"weft": true, Baseline: true, "host-gw": true, "veth": true}
+	seen := map[string]bool{"weft": true, UserspacePath: true, Baseline: true, "host-gw": true, "veth": true}
 	for k := range c.Extra {
 		e := &c.Extra[k]
 		if !pathNameRe.MatchString(e.Name) {
 			return fmt.Errorf("path name %q: want %s", e.Name, pathNameRe)
 		}
 		if seen[e.Name] {
-			return fmt.Errorf("path name %q used twice (weft, vxlan, host-gw and veth are built in)", e.Name)
+			return fmt.Errorf("path name %q used twice (weft, %s, vxlan, host-gw and veth are built in)", e.Name, UserspacePath)
 		}
 		seen[e.Name] = true
 		if _, err := SplitCommand(e.Template); err != nil {
@@ -210,7 +235,7 @@ func ExtraNetwork(k int) netip.Prefix {
 // DefaultExtraConfig is extra path k's default network config: flannel's
 // udp backend on its own network and port, so it runs beside weft.
 func DefaultExtraConfig(k int) string {
-	return fmt.Sprintf(`{"Network":"%s","SubnetLen":24,"Backend":{"Type":"udp","Port":%d}}`, ExtraNetwork(k), extraPortBase+k)
+	return udpConfig(ExtraNetwork(k), extraPortBase+k)
 }
 
 // checkExtraNetwork makes sure an extra path's Network collides with no
@@ -225,7 +250,7 @@ func checkExtraNetwork(config string, k int) error {
 		return fmt.Errorf("network config: Network %q is not an IPv4 prefix", c.Network)
 	}
 	taken := map[string]netip.Prefix{
-		"weft": WeftNetwork, "vxlan": lab.DefaultVXLANSubnet,
+		"weft": WeftNetwork, UserspacePath: UserspaceNetwork, "vxlan": lab.DefaultVXLANSubnet,
 		"host-gw": netip.MustParsePrefix("198.19.210.0/23"),
 	}
 	for j := range MaxExtraPaths {
@@ -255,8 +280,9 @@ func ExpandTemplate(words []string, vars map[string]string) []string {
 	return out
 }
 
-// Preflight checks the tools the suite needs, each error saying how to fix it.
-func Preflight(weftBin string) error {
+// Preflight checks the tools the suite needs for the underlay profiles
+// (nil: AllProfiles), each error saying how to fix it.
+func Preflight(weftBin string, profiles []string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root for network namespaces: sudo make bench")
 	}
@@ -269,6 +295,12 @@ func Preflight(weftBin string) error {
 	if _, err := exec.LookPath("ip"); err != nil {
 		return errors.New("ip is not installed: apt-get install -y iproute2")
 	}
+	if profiles == nil {
+		profiles = AllProfiles
+	}
+	if _, err := exec.LookPath("ethtool"); err != nil && needsEthtool(profiles) {
+		return ErrNoEthtool
+	}
 	if st, err := os.Stat(weftBin); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
 		return fmt.Errorf("weft binary %q is not an executable file (make build)", weftBin)
 	}
@@ -280,224 +312,144 @@ type pathRun struct {
 	Path
 	devs [2]string    // the path's device on node 0 and node 1
 	pids func() []int // tunnel daemon PIDs, nil for kernel paths
-	weft bool         // read weft's /status counters
+	// statusPort is where the path's weft daemons serve /status, whose
+	// drop counters are read; 0: not weft.
+	statusPort int
 }
 
+// runner is one underlay profile's lab and paths.
 type runner struct {
 	cfg   Config
 	lab   *lab.Lab
 	log   *slog.Logger
+	name  string // the profile
+	spec  profileSpec
+	setup []string    // the commands that applied the profile
+	stop  func() bool // ends the Ctrl-C hook
 	paths []*pathRun
 }
 
-// Run sets up the lab and every path, runs cfg.Rounds rounds of every test
-// on every path, and tears everything down. A failing test is recorded in
-// its sample and the run goes on; a failing setup ends it.
+// Run sets up a lab per underlay profile, each with every path, runs
+// cfg.Rounds rounds of every test on every path of every profile, and
+// tears everything down. A failing test is recorded in its sample and the
+// run goes on; a failing setup ends it.
 func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if err := cfg.defaults(); err != nil {
 		return nil, err
 	}
-	if err := Preflight(cfg.WeftBin); err != nil {
+	if err := Preflight(cfg.WeftBin, cfg.Profiles); err != nil {
 		return nil, err
 	}
-	res := &Results{Schema: 1, Started: time.Now().UTC(), Command: cfg.Command}
+	res := &Results{Schema: Schema, Started: time.Now().UTC(), Command: cfg.Command}
 	res.Settings = Settings{
 		Seconds: cfg.Seconds, Rounds: cfg.Rounds, Omit: cfg.Omit, Pings: cfg.Pings,
 		PingInterval: pingInterval.String(), UnderlayMTU: cfg.MTU, IdleThreshold: cfg.IdlePct,
 		Tests: cfg.Tests,
-		Order: "per round, each test in turn on every path in the order listed (A B C D, A B C D, ...)",
+		Order: "per round, each test in turn on every path in the order listed, one underlay profile after the other " +
+			"(round 1: tcp1 on A B C in profile 1, then A B C in profile 2, then tcp4 ...); every profile's lab is up throughout",
 	}
+	var runners []*runner
+	defer func() {
+		for _, r := range runners {
+			r.close()
+		}
+	}()
+	for _, name := range cfg.Profiles {
+		r, err := startProfile(ctx, cfg, name)
+		if err != nil {
+			return nil, errors.Join(err, ctx.Err())
+		}
+		runners = append(runners, r)
+		res.Profiles = append(res.Profiles, r.profile(ctx))
+	}
+	res.Paths = res.Profiles[0].Paths
+	res.Machine = runners[0].machine(ctx)
+	if err := runRounds(ctx, runners, res); err != nil {
+		return nil, err
+	}
+	res.Finished = time.Now().UTC()
+	res.Summary = SummarizeProfiles(res)
+	res.Notes = notes(res)
+	return res, nil
+}
+
+// startProfile builds underlay profile name's lab, applies the profile
+// before anything else runs there, and sets up every path.
+func startProfile(ctx context.Context, cfg Config, name string) (*runner, error) {
 	l, err := lab.New(lab.Options{
 		Nodes: 2, MTU: cfg.MTU, WeftBin: cfg.WeftBin, WeftArgs: cfg.WeftArgs,
 		NetworkConfig: fmt.Sprintf(`{"Network":"%s","SubnetLen":24,"Backend":{"Type":"udp"}}`, WeftNetwork),
 		Logger:        cfg.Logger,
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("underlay profile %s: %w", name, err)
 	}
-	defer func() {
-		if cerr := l.Close(); cerr != nil {
-			cfg.Logger.Warn("lab teardown", "err", cerr)
-		}
-	}()
+	r := &runner{cfg: cfg, lab: l, log: cfg.Logger, name: name, spec: profileSpecs[name]}
 	// Ctrl-C closes the lab so that a running iperf3 or ping fails fast.
-	stop := context.AfterFunc(ctx, func() { _ = l.Close() })
-	defer stop()
-
-	r := &runner{cfg: cfg, lab: l, log: cfg.Logger}
-	fmt.Fprintf(cfg.Progress, "lab %s: underlay %s, veth MTU %d\n", l.ID, l.Underlay, cfg.MTU)
-	if err := r.setup(ctx); err != nil {
-		return nil, errors.Join(err, ctx.Err())
+	r.stop = context.AfterFunc(ctx, func() { _ = l.Close() })
+	fmt.Fprintf(cfg.Progress, "lab %s, underlay profile %s: underlay %s, veth MTU %d\n", l.ID, r.spec.title, l.Underlay, cfg.MTU)
+	if r.setup, err = r.applyProfile(ctx); err == nil {
+		err = r.setupPaths(ctx)
 	}
-	for _, p := range r.paths {
-		res.Paths = append(res.Paths, p.Path)
+	if err != nil {
+		r.close()
+		return nil, fmt.Errorf("underlay profile %s: %w", name, err)
 	}
-	res.Machine = r.machine(ctx)
+	return r, nil
+}
 
+// close tears the runner's lab down.
+func (r *runner) close() {
+	r.stop()
+	if err := r.lab.Close(); err != nil {
+		r.log.Warn("lab teardown", "lab", r.lab.ID, "err", err)
+	}
+}
+
+// runRounds runs every round: each test on every path of every profile
+// in turn, appending the samples to res.
+func runRounds(ctx context.Context, runners []*runner, res *Results) error {
+	cfg := runners[0].cfg
 	for round := 1; round <= cfg.Rounds; round++ {
 		for _, test := range cfg.Tests {
-			for _, p := range r.paths {
-				if ctx.Err() != nil {
-					return nil, ctx.Err()
+			for _, r := range runners {
+				for _, p := range r.paths {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					s := r.runTest(ctx, round, test, p)
+					fmt.Fprintf(cfg.Progress, "round %d/%d  %-7s  %-5s  %-14s  %s\n", round, cfg.Rounds, r.name, test, p.Name, s.brief())
+					res.Samples = append(res.Samples, s)
 				}
-				s := r.runTest(ctx, round, test, p)
-				fmt.Fprintf(cfg.Progress, "round %d/%d  %-5s  %-8s  %s\n", round, cfg.Rounds, test, p.Name, s.brief())
-				res.Samples = append(res.Samples, s)
 			}
 		}
 	}
-	if ctx.Err() != nil {
-		return nil, ctx.Err()
-	}
-	res.Finished = time.Now().UTC()
-	res.Summary = Summarize(res.Samples, PathNames(res.Paths), cfg.Rounds)
-	res.Notes = notes(res)
-	return res, nil
+	return ctx.Err()
 }
 
-// setup starts weft, builds the kernel paths and the extra daemons, and
-// checks that every path carries a ping.
-func (r *runner) setup(ctx context.Context) error {
-	l := r.lab
-	for i := range 2 {
-		if err := l.StartWeft(i); err != nil {
-			return err
-		}
+// profile describes the runner's profile as measured: its setup, the
+// underlay's settings and the paths.
+func (r *runner) profile(ctx context.Context) Profile {
+	p := Profile{Name: r.name, Title: r.spec.title, Description: r.spec.description, Setup: r.setup}
+	if st, err := r.lab.Link(0, "eth0"); err == nil {
+		p.Underlay = Link{Name: "eth0 (veth)", MTU: st.MTU, TxQLen: st.TxQLen, GSOMaxSize: st.GSOMaxSize, GROMaxSize: st.GROMaxSize}
 	}
-	for i := range 2 {
-		if err := l.WaitReady(i, 30*time.Second); err != nil {
-			return err
-		}
-	}
-	vx, err := l.SetupVXLAN(lab.VXLANOptions{})
-	if err != nil {
-		return err
-	}
-	hg, err := l.SetupHostGW(lab.HostGWOptions{})
-	if err != nil {
-		return err
-	}
-	n0, n1 := l.Node(0), l.Node(1)
-	r.paths = []*pathRun{
-		{Path: Path{Name: "weft", Title: "weft",
-			Description: "weft on both nodes, flannel's udp backend: TUN udp0, UDP 8285",
-			Src:         l.Pod(0).Addr(), Dst: l.Pod(1).Addr()},
-			pids: func() []int { return []int{l.PID(0), l.PID(1)} }, weft: true},
-		{Path: Path{Name: Baseline, Title: "kernel VXLAN",
-			Description: "kernel VXLAN as flannel's vxlan backend sets it up: flannel.1, VNI 1, UDP 8472, nolearning, static FDB and neighbour entries",
-			Src:         vx[0], Dst: vx[1]}},
-		{Path: Path{Name: "host-gw", Title: "host-gw",
-			Description: "plain routes to the peer's subnet via its underlay address, as flannel's host-gw backend: no encapsulation, the ceiling for any overlay",
-			Src:         hg[0], Dst: hg[1]}},
-		{Path: Path{Name: "veth", Title: "bare veth",
-			Description: "the underlay addresses themselves: veth, bridge, veth",
-			Src:         n0.Addr, Dst: n1.Addr}},
-	}
-	for k, e := range r.cfg.Extra {
-		p, err := r.startExtra(ctx, k, e)
-		if err != nil {
-			return err
-		}
-		r.paths = append(r.paths, p)
-	}
-	for _, p := range r.paths {
-		for i, dst := range []netip.Addr{p.Dst, p.Src} {
-			dev, err := l.RouteDev(i, dst)
-			if err != nil {
-				return fmt.Errorf("path %s: %w", p.Name, err)
+	if _, err := exec.LookPath("ethtool"); err == nil {
+		out, _ := r.lab.Command(ctx, 0, "ethtool", "-k", "eth0").Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			for _, f := range []string{"tx-checksumming:", "tcp-segmentation-offload:", "generic-segmentation-offload:",
+				"generic-receive-offload:", "rx-gro-list:", "rx-udp-gro-forwarding:", "tx-udp-segmentation:",
+				"tx-udp_tnl-segmentation:", "tx-udp_tnl-csum-segmentation:"} {
+				if strings.HasPrefix(strings.TrimSpace(line), f) {
+					p.Offloads = append(p.Offloads, strings.TrimSpace(line))
+				}
 			}
-			p.devs[i] = dev
-		}
-		p.Device = p.devs[0]
-		st, err := l.Link(0, p.Device)
-		if err != nil {
-			return fmt.Errorf("path %s: %w", p.Name, err)
-		}
-		p.MTU, p.TxQLen = st.MTU, st.TxQLen
-		if err := r.reachable(ctx, p, 15*time.Second); err != nil {
-			return err
 		}
 	}
-	return nil
-}
-
-// startExtra starts extra path k's daemon on both nodes and waits for its
-// subnet.env, whose FLANNEL_SUBNET gives the node its address on px<k>.
-func (r *runner) startExtra(ctx context.Context, k int, e ExtraPath) (*pathRun, error) {
-	l := r.lab
-	prefix := "/weftlab/" + e.Name + "/network"
-	if err := l.PutConfigAt(ctx, prefix, e.NetworkConfig); err != nil {
-		return nil, err
+	for _, pr := range r.paths {
+		p.Paths = append(p.Paths, pr.Path)
 	}
-	words, err := SplitCommand(e.Template)
-	if err != nil {
-		return nil, err
-	}
-	var procs [2]*lab.Proc
-	var argv0 []string
-	files := [2]string{}
-	for i := range 2 {
-		nd := l.Node(i)
-		dir := filepath.Join(nd.Dir, e.Name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("path %s: %w", e.Name, err)
-		}
-		files[i] = filepath.Join(dir, "subnet.env")
-		argv := ExpandTemplate(words, map[string]string{
-			"etcd": l.EtcdEndpoint(), "prefix": prefix, "subnet_file": files[i],
-			"ip": nd.Addr.String(), "iface": "eth0", "node": strconv.Itoa(i), "dir": dir,
-			"port": strconv.Itoa(extraPortBase + k),
-		})
-		if i == 0 {
-			argv0 = argv
-		}
-		if procs[i], err = l.Spawn(i, "path-"+e.Name, argv, nil); err != nil {
-			return nil, err
-		}
-	}
-	var addrs [2]netip.Addr
-	for i := range 2 {
-		deadline := time.Now().Add(60 * time.Second)
-		for {
-			if _, err := os.Stat(files[i]); err == nil {
-				break
-			}
-			if procs[i].Exited() {
-				return nil, fmt.Errorf("path %s: daemon on n%d exited (%s) before writing %s:\n%s",
-					e.Name, i, procs[i].ExitState(), files[i], tail(procs[i].Output(), 20))
-			}
-			if time.Now().After(deadline) || ctx.Err() != nil {
-				return nil, fmt.Errorf("path %s: no %s after 60 s:\n%s", e.Name, files[i], tail(procs[i].Output(), 20))
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		pfx, err := l.AddrFromSubnetFile(i, files[i], "px"+strconv.Itoa(k))
-		if err != nil {
-			return nil, fmt.Errorf("path %s: %w", e.Name, err)
-		}
-		addrs[i] = pfx.Addr()
-	}
-	return &pathRun{
-		Path: Path{Name: e.Name, Title: e.Name, Description: "user command: " + e.Template,
-			Src: addrs[0], Dst: addrs[1], Daemon: argv0},
-		pids: func() []int { return []int{procs[0].PID(), procs[1].PID()} },
-	}, nil
-}
-
-// reachable pings p.Dst from p.Src until one echo comes back (a new path
-// may need its peers' leases first).
-func (r *runner) reachable(ctx context.Context, p *pathRun, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		out, _ := r.lab.Command(ctx, 0, "ping", "-n", "-c", "1", "-W", "1", "-I", p.Src.String(), p.Dst.String()).CombinedOutput()
-		if len(ParsePingRTTs(string(out))) > 0 {
-			return nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("path %s: %s does not answer pings from %s: %s", p.Name, p.Dst, p.Src, strings.TrimSpace(string(out)))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return p
 }
 
 // snapshot is every counter read before and after a test.
@@ -542,10 +494,10 @@ func (r *runner) snap(p *pathRun) (snapshot, error) {
 		if s.snmp[i], err = r.lab.SNMP(i); err != nil {
 			errs = append(errs, err)
 		}
-		if p.weft {
-			st, err := r.lab.Status(i)
-			if err != nil {
-				errs = append(errs, err)
+		if p.statusPort != 0 {
+			var st lab.Status
+			if err := r.lab.GetJSONAt(context.Background(), i, p.statusPort, "/status", &st); err != nil {
+				errs = append(errs, fmt.Errorf("path %s: %w", p.Name, err))
 				continue
 			}
 			s.weft[i] = st.Counters.Drops
@@ -616,7 +568,7 @@ func (r *runner) waitIdle(ctx context.Context) (float64, bool) {
 // runTest runs one test on one path and fills a sample; errors go into
 // the sample.
 func (r *runner) runTest(ctx context.Context, round int, test string, p *pathRun) Sample {
-	s := Sample{Round: round, Test: test, Path: p.Name, Daemon: p.pids != nil, Weft: p.weft}
+	s := Sample{Round: round, Profile: r.name, Test: test, Path: p.Name, Daemon: p.pids != nil, Weft: p.statusPort != 0}
 	s.OtherLoad, s.IdleOK = r.waitIdle(ctx)
 	before, err := r.snap(p)
 	if err != nil {
@@ -797,20 +749,6 @@ func (r *runner) machine(ctx context.Context) Machine {
 	m.Weft = firstLine(cmdOut(ctx, r.cfg.WeftBin, "version"))
 	m.WeftArgs = r.lab.WeftArgs(0)
 	m.PingBinary = firstLine(cmdOut(ctx, "ping", "-V"))
-	if st, err := r.lab.Link(0, "eth0"); err == nil {
-		m.Underlay = Link{Name: "eth0 (veth)", MTU: st.MTU, TxQLen: st.TxQLen, GSOMaxSize: st.GSOMaxSize, GROMaxSize: st.GROMaxSize}
-	}
-	if _, err := exec.LookPath("ethtool"); err == nil {
-		out, _ := r.lab.Command(ctx, 0, "ethtool", "-k", "eth0").Output()
-		for _, line := range strings.Split(string(out), "\n") {
-			for _, f := range []string{"tx-checksumming:", "tcp-segmentation-offload:", "generic-segmentation-offload:",
-				"generic-receive-offload:", "rx-gro-list:", "rx-udp-gro-forwarding:", "tx-udp-segmentation:"} {
-				if strings.HasPrefix(strings.TrimSpace(line), f) {
-					m.Offloads = append(m.Offloads, strings.TrimSpace(line))
-				}
-			}
-		}
-	}
 	return m
 }
 
@@ -843,6 +781,14 @@ func notes(res *Results) []string {
 	}
 	if failed > 0 {
 		out = append(out, fmt.Sprintf("%d of %d tests failed; see \"Every run\"", failed, len(res.Samples)))
+	}
+	for _, pr := range res.Profiles {
+		for _, p := range pr.Paths {
+			if p.Name == "weft" && p.FastPath != "" && !strings.HasPrefix(p.FastPath, "running") {
+				out = append(out, fmt.Sprintf("underlay %s: the weft column ran without its kernel fast path (%s), "+
+					"so it measured the userspace path, as weft -fast-path=off does", pr.Title, p.FastPath))
+			}
+		}
 	}
 	return out
 }

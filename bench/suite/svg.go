@@ -8,8 +8,14 @@ import (
 	"strings"
 )
 
-// Colours per path, in path order; weft first and loudest.
-var palette = []string{"#d62728", "#1f77b4", "#2ca02c", "#7f7f7f", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"}
+// Colours of the built-in paths, weft the loudest and weft -fast-path=off
+// its lighter kin; kernel VXLAN's is the baseline's dashed line.
+var pathColors = map[string]string{
+	"weft": "#d62728", UserspacePath: "#ff7f0e", Baseline: "#1f77b4", "host-gw": "#2ca02c", "veth": "#7f7f7f",
+}
+
+// palette colours the other paths, in path order.
+var palette = []string{"#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"}
 
 // Chart geometry, in SVG pixels.
 const (
@@ -21,13 +27,20 @@ const (
 	maxRatio   = 4.0
 )
 
-// WriteChart draws the summary's chart metrics as grouped bars, one bar
-// per path and metric, each the median ratio to kernel VXLAN of the same
-// round (VXLAN = 1.0). Higher-is-better and lower-is-better metrics get a
-// panel each, so that "taller" means the same thing within a panel.
+// WriteChart draws the first underlay profile's chart metrics as grouped
+// bars, one bar per path and metric, each the median ratio to kernel VXLAN
+// of the same round (VXLAN = 1.0). Higher-is-better and lower-is-better
+// metrics get a panel each, so that "taller" means the same thing within a
+// panel. The other profiles are in the report's tables only: two charts'
+// worth of bars in one would be cluttered.
 func WriteChart(w io.Writer, res *Results) error {
 	var up, down []MetricSummary
-	for _, m := range res.Summary {
+	var metrics []MetricSummary
+	profile := "none"
+	if len(res.Summary) > 0 {
+		metrics, profile = res.Summary[0].Metrics, ProfileTitle(res.Summary[0].Profile)
+	}
+	for _, m := range metrics {
 		if !m.Chart {
 			continue
 		}
@@ -46,13 +59,13 @@ func WriteChart(w io.Writer, res *Results) error {
 	fmt.Fprintf(&b, `<rect x="0" y="0" width="%d" height="%.0f" fill="#ffffff"/>`+"\n", chartW, h)
 	text(&b, marginL, 24, 17, "start", "bold", "#000", "weft vs kernel VXLAN, host-gw and bare veth (kernel VXLAN = 1.0, median of "+
 		fmt.Sprint(res.Settings.Rounds)+" round(s))")
-	text(&b, marginL, 44, 12, "start", "normal", "#444", fmt.Sprintf("%s; %s, %d CPUs, Linux %s, veth MTU %d; %d s per test; %s",
-		shortVersion(res.Machine.Weft), res.Machine.CPU, res.Machine.CPUs, res.Machine.Kernel, res.Settings.UnderlayMTU, res.Settings.Seconds,
+	text(&b, marginL, 44, 12, "start", "normal", "#444", fmt.Sprintf("%s; %s, %d CPUs, Linux %s; underlay %s, veth MTU %d; %d s per test; %s",
+		shortVersion(res.Machine.Weft), res.Machine.CPU, res.Machine.CPUs, res.Machine.Kernel, profile, res.Settings.UnderlayMTU, res.Settings.Seconds,
 		res.Started.Format("2006-01-02")))
 	// Legend.
 	x := float64(marginL)
 	for i, p := range res.Paths {
-		fmt.Fprintf(&b, `<rect x="%.1f" y="56" width="12" height="12" fill="%s"/>`+"\n", x, color(i))
+		fmt.Fprintf(&b, `<rect x="%.1f" y="56" width="12" height="12" fill="%s"/>`+"\n", x, pathColor(res, i))
 		label := t[p.Name]
 		text(&b, x+16, 66.5, 12, "start", "normal", "#000", label)
 		x += 16 + 7.2*float64(len([]rune(label))) + 20
@@ -72,7 +85,20 @@ func WriteChart(w io.Writer, res *Results) error {
 	return err
 }
 
-func color(i int) string { return palette[i%len(palette)] }
+// pathColor is the colour of res.Paths[i]: its own for a built-in path,
+// else the palette's next.
+func pathColor(res *Results, i int) string {
+	if c, ok := pathColors[res.Paths[i].Name]; ok {
+		return c
+	}
+	k := 0
+	for _, p := range res.Paths[:i] {
+		if _, ok := pathColors[p.Name]; !ok {
+			k++
+		}
+	}
+	return palette[k%len(palette)]
+}
 
 // panel draws one group of metrics with its plot area's top at y.
 func panel(b *strings.Builder, res *Results, ms []MetricSummary, y float64, subtitle string) error {
@@ -91,7 +117,7 @@ func panel(b *strings.Builder, res *Results, ms []MetricSummary, y float64, subt
 	for gi, m := range ms {
 		gx := float64(marginL) + groupW*float64(gi) + (groupW-barW*float64(n))/2
 		for pi, p := range m.Paths {
-			pa.bar(b, m, p, pi, gx+barW*float64(pi), barW, t[p.Path])
+			pa.bar(b, m, p, pathColor(res, pi), gx+barW*float64(pi), barW, t[p.Path])
 		}
 		pa.groupLabels(b, m, float64(marginL)+groupW*(float64(gi)+0.5))
 	}
@@ -143,10 +169,10 @@ func (pa plotArea) grid(b *strings.Builder, step float64) {
 	fmt.Fprintf(b, `<line x1="%d" y1="%.1f" x2="%.0f" y2="%.1f" stroke="#000" stroke-width="1"/>`+"\n", marginL, pa.y+pa.h, marginL+pa.w, pa.y+pa.h)
 }
 
-// bar draws the bar of path p (the pi-th, titled title) in metric m at x,
-// w wide, with its ratio printed over it: rotated when the bar is too
+// bar draws the bar of path p (titled title, coloured fill) in metric m at
+// x, w wide, with its ratio printed over it: rotated when the bar is too
 // narrow for the label.
-func (pa plotArea) bar(b *strings.Builder, m MetricSummary, p PathSummary, pi int, x, w float64, title string) {
+func (pa plotArea) bar(b *strings.Builder, m MetricSummary, p PathSummary, fill string, x, w float64, title string) {
 	ratio, ok := 0.0, p.Ratio != nil
 	if ok {
 		ratio = p.Ratio.Median
@@ -154,7 +180,7 @@ func (pa plotArea) bar(b *strings.Builder, m MetricSummary, p PathSummary, pi in
 	top := pa.yOf(ratio)
 	tip := fmt.Sprintf("%s, %s: %s", m.Label, title, SummaryCell(m, p)+" "+m.Unit)
 	fmt.Fprintf(b, `<rect class="bar" data-path="%s" data-metric="%s" x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s</title></rect>`+"\n",
-		esc(p.Path), esc(m.Key), x+1, top, w-2, pa.y+pa.h-top, color(pi), esc(tip))
+		esc(p.Path), esc(m.Key), x+1, top, w-2, pa.y+pa.h-top, fill, esc(tip))
 	label := "n/a"
 	if ok {
 		label = trimX(FormatRatio(ratio))

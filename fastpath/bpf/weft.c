@@ -38,10 +38,15 @@ struct config {
 	__be32 subnet_mask;
 	__be16 port;        // the backend port, both ends
 	__u8 source_check;  // enum source_check
-	__u8 pad;
+	__u8 flags;         // CFG_*
 	__u32 underlay;     // ifindex the datagrams leave by
 	__u32 tun;          // ifindex of weft's TUN
 };
+
+// Leave TCP super-packets (GSO) to the userspace path: set where the
+// underlay cannot segment UDP tunnel packets itself, so that the kernel would
+// do it in software, slower than the userspace path's UDP GSO.
+#define CFG_GSO_TO_USERSPACE 1
 
 struct lpm_key {
 	__u32 prefixlen;
@@ -60,6 +65,7 @@ enum counter {
 	PASS_NO_NEIGH,     // encap: to userspace, next hop not resolved yet
 	PASS_CHECK,        // decap: to userspace, for its checks and counters
 	ERRORS,            // a helper failed: dropped
+	PASS_GSO,          // encap: to userspace, a super-packet (CFG_GSO_TO_USERSPACE)
 	NUM_COUNTERS,
 };
 
@@ -134,6 +140,10 @@ int weft_encap(struct __sk_buff *skb)
 		count(PASS_NO_PEER, 1);
 		return TC_ACT_UNSPEC;
 	}
+	if ((cfg->flags & CFG_GSO_TO_USERSPACE) && skb->gso_size) {
+		count(PASS_GSO, 1);
+		return TC_ACT_UNSPEC;
+	}
 	__be32 to = p->addr;
 	struct bpf_fib_lookup fib = {
 		.family = AF_INET,
@@ -149,8 +159,12 @@ int weft_encap(struct __sk_buff *skb)
 		return TC_ACT_UNSPEC;
 	}
 	__u32 len = skb->len; // the inner packet (for a GSO packet, all of it)
+	// FIXED_GSO: a GSO packet keeps its segment size. The TUN's MTU already
+	// leaves room for the 28 bytes, so each segment fits the underlay as
+	// it is (without the flag the kernel would shrink every segment by 28).
 	if (bpf_skb_adjust_room(skb, OVERHEAD, BPF_ADJ_ROOM_MAC,
-				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP) ||
+				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+					BPF_F_ADJ_ROOM_ENCAP_L4_UDP) ||
 	    bpf_skb_change_head(skb, sizeof(struct ethhdr), 0)) {
 		count(ERRORS, 1);
 		return TC_ACT_SHOT;
@@ -215,7 +229,9 @@ int weft_decap(struct __sk_buff *skb)
 		if (!owner || (cfg->source_check == SOURCE_STRICT && owner->addr != ip->saddr))
 			goto pass;
 	}
-	if (bpf_skb_adjust_room(skb, -(__s32)OVERHEAD, BPF_ADJ_ROOM_MAC, 0)) {
+	// FIXED_GSO: segments stay the size the sender made them, which fit
+	// the TUN's MTU (and so the pods').
+	if (bpf_skb_adjust_room(skb, -(__s32)OVERHEAD, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO)) {
 		count(ERRORS, 1);
 		return TC_ACT_SHOT;
 	}

@@ -2,7 +2,7 @@
 //
 //	weftlab demo -weft PATH [-nodes 3] [-bytes 256MiB]   show a cluster working, then tear it down
 //	weftlab up -weft PATH [-nodes 3]                     keep a cluster up until Ctrl-C
-//	weftlab bench -weft PATH [-seconds 10] [-rounds 3]   benchmark weft against kernel VXLAN, host-gw, veth
+//	weftlab bench -weft PATH [-seconds 6] [-rounds 3]    benchmark weft against kernel VXLAN, host-gw, veth
 //	weftlab scale -weft PATH [-sizes 100,1000,5000]        measure the control plane at cluster sizes
 //	weftlab cleanup                                      remove what killed labs left behind
 //
@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/bench/lab"
+	"github.com/weft-net/weft/status"
 )
 
 const usage = `weftlab runs weft clusters in network namespaces (needs root).
@@ -36,11 +37,12 @@ const usage = `weftlab runs weft clusters in network namespaces (needs root).
       Exits non-zero if any ping pair or the transfer fails.
   weftlab up -weft PATH [-nodes 3] [-mtu 1500] [-keep] [-v]
       start a cluster and keep it until Ctrl-C.
-  weftlab bench -weft PATH [-seconds 10] [-rounds 3] [-mtu 1500] [-out bench/results]
+  weftlab bench -weft PATH [-seconds 6] [-rounds 3] [-mtu 1500] [-out bench/results] [-profiles default,nic]
                 [-tests tcp1,tcp4,tcp8,udp64,ping,rr] [-path NAME=COMMAND [-path-config NAME=JSON]]... [-v]
-      measure weft, kernel VXLAN, host-gw and bare veth (and each -path) between
-      two namespaces, interleaved per round; write report.md, chart.svg and
-      results.json to -out. Needs iperf3. See bench/README.md.
+      measure weft (its defaults), weft -fast-path=off, kernel VXLAN, host-gw and
+      bare veth (and each -path) between two namespaces, interleaved per round,
+      on each underlay profile; write report.md, chart.svg and results.json to
+      -out. Needs iperf3, and ethtool for the NIC-like profile. See bench/README.md.
   weftlab scale -weft PATH [-sizes 100,1000,5000] [-churn 20s] [-quiet 5s] [-rate 0] [-out bench/results] [-v]
       three daemons watch simulated nodes' leases in one etcd at each size: bulk
       load, churn, propagation, RSS, CPU, etcd requests, start-up; writes
@@ -403,18 +405,39 @@ func printTransfer(out io.Writer, r lab.TransferResult, terr error) {
 // error reading them.
 func printCounters(out io.Writer, l *lab.Lab) {
 	fmt.Fprintf(out, "\nweft counters (udp0 ⇄ UDP 8285)\n")
-	tw := newTable(out, "  ", "node", "tx packets", "tx bytes", "rx packets", "rx bytes", "drops")
+	tw := newTable(out, "  ", "node", "tx packets", "tx bytes", "rx packets", "rx bytes", "drops", "fast path", "tx bytes in kernel")
 	for i := range len(l.Nodes()) {
 		st, err := l.Status(i)
 		if err != nil {
-			tw.row(l.Node(i).Name, "?", "?", "?", "?", firstLine(err.Error()))
+			tw.row(l.Node(i).Name, "?", "?", "?", "?", firstLine(err.Error()), "?", "?")
 			continue
 		}
 		k := st.Counters
 		tw.row(l.Node(i).Name, strconv.FormatUint(k.TxPackets, 10), humanBytes(int64(k.TxBytes)),
-			strconv.FormatUint(k.RxPackets, 10), humanBytes(int64(k.RxBytes)), drops(k.Drops))
+			strconv.FormatUint(k.RxPackets, 10), humanBytes(int64(k.RxBytes)), drops(k.Drops),
+			fastPathState(st.FastPath), share(k.Paths["kernel"].TxBytes, k.TxBytes))
 	}
 	tw.flush()
+}
+
+// fastPathState is how the node's kernel fast path runs, in a word.
+func fastPathState(f *status.FastPath) string {
+	switch {
+	case f == nil:
+		return "-"
+	case f.Running:
+		return f.Attach
+	case f.Mode == "off":
+		return "off"
+	}
+	return "not running"
+}
+
+func share(part, whole uint64) string {
+	if whole == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%%", 100*float64(part)/float64(whole))
 }
 
 func runUp(args []string, out io.Writer) int {

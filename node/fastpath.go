@@ -1,0 +1,183 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/dataplane"
+	"github.com/weft-net/weft/fastpath"
+	"github.com/weft-net/weft/route"
+	"github.com/weft-net/weft/status"
+	"github.com/weft-net/weft/subnet"
+)
+
+// startFastPath starts the kernel data plane beside the userspace one, as
+// -fast-path says: nil with auto when the kernel does not allow it (said
+// once, with why; the userspace path then carries everything), an error
+// with on. It runs after the TUN exists and before any peer is published.
+func (n *node) startFastPath(lease subnet.Lease) (dataplane.Plane, error) {
+	mode := n.cfg.FastPath
+	if mode == "" {
+		mode = FastPathAuto
+	}
+	st := status.FastPath{Mode: string(mode)}
+	// Whatever this run's mode: a filter a killed run left would send
+	// every datagram to its TUN, which is gone.
+	removed, err := fastpath.RemoveLeftovers(n.nl, n.iface.Index)
+	for _, r := range removed {
+		n.log.Info("removed the fast path's filter an earlier run left", "filter", r)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w (remove it with: tc filter del dev %s ingress pref %d)", err, n.iface.Name, fastpath.ClsactPriority)
+	}
+	if mode == FastPathOff {
+		st.Reason = "-fast-path=off"
+		n.health.SetFastPath(st)
+		return nil, nil
+	}
+	plane, info, err := n.hooks.openFastPath(n, lease)
+	if err != nil {
+		if mode == FastPathOn {
+			return nil, fmt.Errorf("-fast-path=on: %w (-fast-path=auto runs the userspace path alone instead)", err)
+		}
+		st.Reason = err.Error()
+		n.health.SetFastPath(st)
+		n.log.Warn("kernel fast path not running: the userspace path carries all traffic", "reason", err,
+			"fix", "run with CAP_BPF on Linux 5.10 or later, or set -fast-path=off to say this is intended")
+		return nil, nil
+	}
+	st.Running, st.Attach, st.SuperPackets = true, info.Attach, info.SuperPackets
+	n.health.SetFastPath(st)
+	n.log.Info("kernel fast path attached", "attach", info.Attach, "tun", n.cfg.TunName, "underlay", n.iface.Name,
+		"super-packets", info.SuperPackets)
+	return plane, nil
+}
+
+// openKernel loads the fast path's programs and attaches them to the TUN
+// and the underlay, in the node's namespace.
+func openKernel(n *node, lease subnet.Lease) (dataplane.Plane, status.FastPath, error) {
+	var info status.FastPath
+	if !hasCap(unix.CAP_BPF) && !hasCap(unix.CAP_SYS_ADMIN) {
+		return nil, info, errors.New("missing CAP_BPF, which loading eBPF programs needs: " +
+			"add CAP_BPF to the unit's CapabilityBoundingSet and AmbientCapabilities, as systemd/weft.service has")
+	}
+	link, err := n.nl.LinkByName(n.cfg.TunName)
+	if err != nil {
+		return nil, info, fmt.Errorf("find device %s: %w", n.cfg.TunName, err)
+	}
+	gsoUser := n.superPacketsToUserspace()
+	info.SuperPackets = status.PathKernel
+	if gsoUser {
+		info.SuperPackets = status.PathUserspace + " (" + n.iface.Name + " cannot segment UDP tunnel packets)"
+	}
+	progs, err := fastpath.Load(fastpath.Config{
+		Local: n.iface.Addr, Subnet: lease.Subnet, Port: uint16(n.netCfg.BackendPort),
+		SourceCheck: uint8(n.cfg.SourceCheck), Underlay: n.iface.Index, TUN: link.Attrs().Index,
+		GSOToUserspace: gsoUser,
+	})
+	if err != nil {
+		return nil, info, err
+	}
+	attach := func(p *fastpath.Programs) (a *fastpath.Attachment, err error) {
+		err = n.inNetns(func() (err error) {
+			a, err = p.Attach(n.nl, link.Attrs().Index, n.iface.Index, n.cfg.FastPathClsact)
+			return err
+		})
+		return a, err
+	}
+	a, err := attach(progs)
+	if err != nil {
+		progs.Close()
+		return nil, info, err
+	}
+	pl := fastpath.NewPlane(progs, a, n.log)
+	pl.Reattach = attach
+	info.Attach = string(a.Mode)
+	return pl, info, nil
+}
+
+// superPacketsToUserspace says whether TCP super-packets should take the
+// userspace path: where the underlay cannot segment UDP tunnel packets,
+// the kernel path would segment them in software, and the userspace path's
+// UDP GSO is faster (one TCP stream on the lab's NIC-like underlay: 9.0
+// against 6.7 Gb/s). Without UDP GSO the kernel path keeps them.
+func (n *node) superPacketsToUserspace() bool {
+	if !n.cfg.Offloads.GSO {
+		return false
+	}
+	var on bool
+	err := n.inNetns(func() (err error) {
+		on, err = route.FeatureActive(n.iface.Name, "tx-udp_tnl-segmentation")
+		return err
+	})
+	if err != nil {
+		n.log.Debug("read the underlay's offloads; super-packets take the kernel path", "iface", n.iface.Name, "err", err)
+		return false
+	}
+	return !on
+}
+
+// hasCap reports whether the process holds capability c; when it cannot
+// tell, it says yes and lets the privileged call decide.
+func hasCap(c int) bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return true
+	}
+	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
+}
+
+// advertTimeout bounds one write of the advertisement.
+const advertTimeout = 5 * time.Second
+
+// advertise makes the lease's BackendData say whether this node
+// decapsulates in its kernel (peers then encapsulate toward it in theirs),
+// writing only when that changes. Peers follow through their lease watch;
+// until then they send finished datagrams, which either path takes, so a
+// change of mode loses nothing. It returns the lease as now stored.
+func (n *node) advertise(ctx context.Context, l subnet.Lease, kernel bool) (subnet.Lease, error) {
+	if l.Attrs.KernelDecap() == kernel {
+		return l, nil
+	}
+	next := l
+	if err := next.Attrs.SetKernelDecap(kernel); err != nil {
+		return l, fmt.Errorf("lease %s: %w", l.Subnet, err)
+	}
+	backoff := retry{}
+	for {
+		cctx, cancel := context.WithTimeout(ctx, advertTimeout)
+		err := n.store.PutLeaseAttrs(cctx, next)
+		cancel()
+		if err == nil {
+			n.log.Info("lease updated: in-kernel decapsulation "+map[bool]string{true: "advertised", false: "withdrawn"}[kernel],
+				"subnet", l.Subnet)
+			return next, nil
+		}
+		if errors.Is(err, subnet.ErrLeaseNotFound) || ctx.Err() != nil {
+			return l, err
+		}
+		if err := backoff.wait(ctx, n.log, "update lease "+l.Subnet.String(), err); err != nil {
+			return l, err
+		}
+	}
+}
+
+// withdraw takes the advertisement back at a stop, so that peers send
+// finished datagrams to whatever runs here next (a restart with
+// -fast-path=off, or flanneld). It tries for a moment only: a stop must not
+// wait on a lost etcd.
+func (n *node) withdraw(l subnet.Lease) {
+	if !l.Attrs.KernelDecap() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := n.advertise(ctx, l, false); err != nil {
+		n.log.Warn("could not withdraw the in-kernel decapsulation from the lease; the next start does", "subnet", l.Subnet, "err", err)
+	}
+}
