@@ -20,10 +20,14 @@ func (a Attrs) KernelDecap() bool {
 	if len(a.BackendData) == 0 || a.BackendData[0] != '{' {
 		return false
 	}
-	var v struct {
-		Decap string `json:"WeftDecap"`
+	// The key exactly, not encoding/json's case-insensitive match: another
+	// writer's "weftdecap" is a field of its own, kept as it is.
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(a.BackendData, &fields) != nil {
+		return false
 	}
-	return json.Unmarshal(a.BackendData, &v) == nil && v.Decap == "kernel"
+	var v string
+	return json.Unmarshal(fields[kernelDecapKey], &v) == nil && v == "kernel"
 }
 
 // SetKernelDecap advertises in-kernel decapsulation (on) or withdraws it,

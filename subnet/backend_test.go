@@ -12,6 +12,7 @@ func TestKernelDecap(t *testing.T) {
 	}{
 		{"", false}, {"null", false}, {`{}`, false}, {`"kernel"`, false}, {`{"WeftDecap":"user"}`, false},
 		{`{"WeftDecap":"kernel"}`, true}, {`{"VNI":1,"WeftDecap":"kernel"}`, true}, {`{"WeftDecap":"kernel"`, false},
+		{`{"weftdecap":"kernel"}`, false}, {`{"WeftDeCAp":0,"WeftDecap":"kernel"}`, true},
 	} {
 		if got := (Attrs{BackendData: json.RawMessage(tt.data)}).KernelDecap(); got != tt.want {
 			t.Errorf("KernelDecap(%s) = %v, want %v", tt.data, got, tt.want)
