@@ -619,6 +619,12 @@ func TestForwardPeerTraffic(t *testing.T) {
 		pt := b.fwd.PeerTraffic()
 		return len(pt) == 1 && pt[0].RxPackets == 3
 	})
+	// A counts a batch once its send returns, which may be after B has
+	// already written the packet out.
+	eventually(t, "a's count of B", func() bool {
+		pt := a.fwd.PeerTraffic()
+		return len(pt) == 1 && pt[0].TxPackets == 3
+	})
 	check("A's view of B", a.fwd.PeerTraffic(), 3, 0)
 	check("B's view of A", b.fwd.PeerTraffic(), 0, 3)
 	if pt := b.fwd.PeerTraffic(); pt[0].RxBytes != want || pt[0].Peer != peerA {
