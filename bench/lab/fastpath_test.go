@@ -538,8 +538,11 @@ func captureTraffic(t *testing.T, l *Lab, sender, receiver int) wireStats {
 	time.Sleep(200 * time.Millisecond) // the last datagrams
 	st := c.stopCapture()
 	t.Logf("TCP %d bytes byte-exact (%.2f Gb/s); UDP %d datagrams sent, %d received", r.Bytes, r.Gbps(), sent, got)
-	if got*100 < sent*95 {
-		t.Errorf("UDP: %d of %d datagrams arrived", got, sent)
+	// What crossed the wire is what is checked; the receiving socket may
+	// overflow on a loaded machine (a CI run saw 1762 of 2000 arrive,
+	// with all 2000 on the wire), so it only has to get some.
+	if st.udp*100 < sent*95 || got == 0 {
+		t.Errorf("UDP: %d of %d datagrams on the wire, %d received", st.udp, sent, got)
 	}
 	return st
 }
@@ -556,6 +559,7 @@ func udpBurst(l *Lab, sender, receiver, n int) (sent, got int, err error) {
 		return 0, 0, err
 	}
 	defer ln.Close()
+	_ = ln.SetReadBuffer(4 << 20) // fewer drops on a loaded machine; capped by rmem_max
 	if err := inNetns(l.nodes[sender].ns, func() (err error) {
 		conn, err = net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(l.Pod(sender).Addr(), 0)), ln.LocalAddr().(*net.UDPAddr))
 		return err
