@@ -102,7 +102,7 @@ func TestPrintStatusFastPath(t *testing.T) {
 				rx += p.RxPackets
 			}
 			s := &status.Status{Ready: true, FastPath: tc.fp,
-				Counters: status.Counters{TxPackets: 34, RxPackets: max(rx, 5), Paths: tc.paths},
+				Counters: status.Counters{Traffic: status.Traffic{TxPackets: 34, RxPackets: max(rx, 5)}, Paths: tc.paths},
 				Peers:    []status.Peer{{Subnet: netip.MustParsePrefix("198.19.8.0/24"), PublicIP: netip.MustParseAddr("198.18.0.3")}}}
 			if tc.paths != nil {
 				s.Peers[0].Path = status.PathUserspace

@@ -23,13 +23,7 @@ import (
 // (with ExecStart pointed at an executable that exists here) and requires
 // it to pass without a single warning, and the hardening to be in place.
 func TestUnitFileVerifies(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("systemd-analyze not found: apt-get install -y systemd")
-		}
-		t.Skip("systemd-analyze not found (apt-get install -y systemd)")
-	}
+	analyze := netnstest.RequireTool(t, "systemd-analyze", "systemd")
 	unit, err := os.ReadFile("systemd/weft.service")
 	if err != nil {
 		t.Fatal(err)
@@ -70,14 +64,8 @@ func TestUnitFileVerifies(t *testing.T) {
 // namespace of the test's own.
 func TestUnitXtablesLock(t *testing.T) {
 	netnstest.SkipUnlessRoot(t)
-	for _, tool := range []string{"unshare", "iptables-legacy"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s not found (Debian: apt-get install util-linux iptables)", tool)
-			}
-			t.Skipf("skipping: needs %s", tool)
-		}
-	}
+	netnstest.RequireTool(t, "unshare", "util-linux")
+	netnstest.RequireTool(t, "iptables-legacy", "iptables")
 	unit, err := os.ReadFile("systemd/weft.service")
 	if err != nil {
 		t.Fatal(err)
@@ -139,14 +127,8 @@ func TestUnitCapabilitiesFastPath(t *testing.T) {
 		return
 	}
 	netnstest.SkipUnlessRoot(t)
-	for _, tool := range []string{"setpriv", "ip"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatalf("%s not found (Debian: apt-get install util-linux iproute2)", tool)
-			}
-			t.Skipf("skipping: needs %s", tool)
-		}
-	}
+	netnstest.RequireTool(t, "setpriv", "util-linux")
+	netnstest.RequireTool(t, "ip", "iproute2")
 	caps := unitCaps(t)
 	ns := netnstest.New(t)
 	netnstest.Veth{A: netnstest.End{NS: ns, Name: "ul", Addr: "198.18.61.1/24"}, B: netnstest.End{NS: ns, Name: "ulpeer"}}.Add(t)

@@ -3,6 +3,7 @@ package fastpath
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -94,7 +95,7 @@ func replaceFilter(nl *netlink.Handle, ifindex int, parent uint32, name string, 
 	if err := nl.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("fastpath: add clsact qdisc to ifindex %d: %w", ifindex, err)
 	}
-	if err := deleteFilters(nl, ifindex, parent, name); err != nil {
+	if _, err := deleteFilters(nl, ifindex, parent, name); err != nil {
 		return nil, err
 	}
 	f := &netlink.BpfFilter{FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: parent, Handle: 1,
@@ -111,24 +112,33 @@ func replaceFilter(nl *netlink.Handle, ifindex int, parent uint32, name string, 
 	return f, nil
 }
 
-// deleteFilters removes weft's filters named name at parent of ifindex.
-func deleteFilters(nl *netlink.Handle, ifindex int, parent uint32, name string) error {
+// deleteFilters removes the filters of weft's priority and one of names at
+// parent of ifindex (a killed run's), saying which; without a clsact qdisc
+// there are none.
+func deleteFilters(nl *netlink.Handle, ifindex int, parent uint32, names ...string) ([]string, error) {
 	link, err := nl.LinkByIndex(ifindex)
 	if err != nil {
-		return fmt.Errorf("fastpath: find ifindex %d: %w", ifindex, err)
+		return nil, fmt.Errorf("fastpath: find ifindex %d: %w", ifindex, err)
 	}
 	filters, err := nl.FilterList(link, parent)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) { // no clsact qdisc
+		return nil, nil
+	}
 	if err != nil {
-		return fmt.Errorf("fastpath: list filters of %s: %w", link.Attrs().Name, err)
+		return nil, fmt.Errorf("fastpath: list filters of %s: %w", link.Attrs().Name, err)
 	}
+	var removed []string
 	for _, f := range filters {
-		if b, ok := f.(*netlink.BpfFilter); ok && b.Name == name && b.Priority == ClsactPriority {
-			if err := nl.FilterDel(b); err != nil {
-				return fmt.Errorf("fastpath: delete an earlier run's %s filter on %s: %w", name, link.Attrs().Name, err)
-			}
+		b, ok := f.(*netlink.BpfFilter)
+		if !ok || b.Priority != ClsactPriority || !slices.Contains(names, b.Name) {
+			continue
 		}
+		if err := nl.FilterDel(b); err != nil {
+			return removed, fmt.Errorf("fastpath: delete an earlier run's %s filter on %s: %w", b.Name, link.Attrs().Name, err)
+		}
+		removed = append(removed, b.Name+" on "+link.Attrs().Name)
 	}
-	return nil
+	return removed, nil
 }
 
 // Detach removes the programs from their hooks (not the clsact qdisc);
@@ -190,28 +200,12 @@ func (a *Attachment) Intact() (bool, error) {
 // TUN that is gone. TCX links go with the process that held them. It says
 // what it removed; a device without a clsact qdisc has nothing to remove.
 func RemoveLeftovers(nl *netlink.Handle, ifindex int) ([]string, error) {
-	link, err := nl.LinkByIndex(ifindex)
-	if err != nil {
-		return nil, fmt.Errorf("fastpath: find ifindex %d: %w", ifindex, err)
-	}
 	var removed []string
 	for _, parent := range []uint32{netlink.HANDLE_MIN_INGRESS, netlink.HANDLE_MIN_EGRESS} {
-		filters, err := nl.FilterList(link, parent)
+		r, err := deleteFilters(nl, ifindex, parent, "weft_encap", "weft_decap")
+		removed = append(removed, r...)
 		if err != nil {
-			if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) { // no clsact qdisc
-				continue
-			}
-			return removed, fmt.Errorf("fastpath: list filters of %s: %w", link.Attrs().Name, err)
-		}
-		for _, f := range filters {
-			b, ok := f.(*netlink.BpfFilter)
-			if !ok || b.Priority != ClsactPriority || (b.Name != "weft_encap" && b.Name != "weft_decap") {
-				continue
-			}
-			if err := nl.FilterDel(b); err != nil {
-				return removed, fmt.Errorf("fastpath: delete an earlier run's %s filter on %s: %w", b.Name, link.Attrs().Name, err)
-			}
-			removed = append(removed, b.Name+" on "+link.Attrs().Name)
+			return removed, err
 		}
 	}
 	return removed, nil

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 
 	"github.com/weft-net/weft/dataplane"
 )
@@ -34,8 +33,7 @@ type Plane struct {
 	// concurrently); mu guards it against Report.
 	mu         sync.Mutex
 	held       map[netip.Prefix]dataplane.Peer
-	count      atomic.Int64 // len(held), for Report from any goroutine
-	mapErrors  uint64       // map writes that failed: the entry is then stale
+	mapErrors  uint64 // map writes that failed: the entry is then stale
 	lastMapErr string
 }
 
@@ -103,7 +101,6 @@ func (pl *Plane) set(p dataplane.Peer) {
 	pl.mu.Lock()
 	pl.held[p.Subnet] = p
 	pl.mu.Unlock()
-	pl.count.Store(int64(len(pl.held)))
 }
 
 func (pl *Plane) remove(s netip.Prefix) {
@@ -114,7 +111,6 @@ func (pl *Plane) remove(s netip.Prefix) {
 	pl.mu.Lock()
 	delete(pl.held, s)
 	pl.mu.Unlock()
-	pl.count.Store(int64(len(pl.held)))
 }
 
 // mapFailed counts a failed map write and logs it once per kind: a map
@@ -196,17 +192,18 @@ const (
 // no per-peer counters: with withPeers, PeerTraffic lists the peers whose
 // packets the kernel encapsulates, with zero counters.
 func (pl *Plane) Report(withPeers bool) dataplane.Report {
-	r := dataplane.Report{Peers: int(pl.count.Load()), Counters: dataplane.Counters{Drops: map[string]uint64{DropKernelError: 0}}}
+	r := dataplane.Report{Counters: dataplane.Counters{Drops: map[string]uint64{DropKernelError: 0}}}
+	pl.mu.Lock()
+	r.Peers = len(pl.held)
 	if withPeers {
-		pl.mu.Lock()
 		for _, p := range pl.held {
 			if p.KernelDecap {
 				r.PeerTraffic = append(r.PeerTraffic, dataplane.PeerTraffic{Peer: p})
 			}
 		}
-		pl.mu.Unlock()
-		slices.SortFunc(r.PeerTraffic, func(a, b dataplane.PeerTraffic) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	}
+	pl.mu.Unlock()
+	slices.SortFunc(r.PeerTraffic, func(a, b dataplane.PeerTraffic) int { return a.Subnet.Addr().Compare(b.Subnet.Addr()) })
 	c, err := pl.progs.Counters()
 	if err != nil {
 		return r

@@ -121,17 +121,6 @@ func (n *node) superPacketsToUserspace() bool {
 	return !on
 }
 
-// hasCap reports whether the process holds capability c; when it cannot
-// tell, it says yes and lets the privileged call decide.
-func hasCap(c int) bool {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return true
-	}
-	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
-}
-
 // advertTimeout bounds one write of the advertisement.
 const advertTimeout = 5 * time.Second
 

@@ -1,8 +1,6 @@
 package route
 
 import (
-	"os"
-	"os/exec"
 	"testing"
 
 	"github.com/weft-net/weft/internal/netnstest"
@@ -25,12 +23,7 @@ func TestFeatureActive(t *testing.T) {
 	if err == nil {
 		t.Error("an unknown feature name is not an error")
 	}
-	if _, err := exec.LookPath("ethtool"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("ethtool not found: apt-get install -y ethtool")
-		}
-		t.Skip("skipping the rest: needs ethtool")
-	}
+	netnstest.RequireTool(t, "ethtool", "ethtool")
 	if out, err := n.Run("", "ethtool", "-K", "ft0", "tx-udp_tnl-segmentation", "off"); err != nil {
 		t.Fatalf("ethtool -K: %v\n%s", err, out)
 	}

@@ -214,14 +214,8 @@ func readPlanes(s *Status, planes []PlaneReport, withPeers bool) {
 	for i, p := range planes {
 		reports[i] = p.Report(withPeers)
 		c := reports[i].Counters
-		t := s.Counters.Paths[p.Path]
-		t.TxPackets, t.TxBytes = t.TxPackets+c.TxPackets, t.TxBytes+c.TxBytes
-		t.RxPackets, t.RxBytes = t.RxPackets+c.RxPackets, t.RxBytes+c.RxBytes
-		s.Counters.Paths[p.Path] = t
-		s.Counters.TxPackets += c.TxPackets
-		s.Counters.TxBytes += c.TxBytes
-		s.Counters.RxPackets += c.RxPackets
-		s.Counters.RxBytes += c.RxBytes
+		s.Counters.Paths[p.Path] = s.Counters.Paths[p.Path].plus(c)
+		s.Counters.Traffic = s.Counters.plus(c)
 		for reason, n := range c.Drops {
 			s.Counters.Drops[reason] += n
 		}

@@ -8,6 +8,8 @@ package status
 import (
 	"net/netip"
 	"time"
+
+	"github.com/weft-net/weft/dataplane"
 )
 
 // The data paths a packet can take; the keys of Counters.Paths and the
@@ -130,11 +132,8 @@ type Peer struct {
 // Counters are the data path's traffic counters. The totals are the sum
 // over Paths, so readers from before the fast path keep working.
 type Counters struct {
-	TxPackets uint64            `json:"txPackets"`
-	TxBytes   uint64            `json:"txBytes"`
-	RxPackets uint64            `json:"rxPackets"`
-	RxBytes   uint64            `json:"rxBytes"`
-	Drops     map[string]uint64 `json:"drops"`
+	Traffic                   // the sum over paths (its fields inline in JSON)
+	Drops   map[string]uint64 `json:"drops"`
 	// Paths splits the totals by the path that carried the packets.
 	Paths map[string]Traffic `json:"paths,omitempty"`
 	// Handoffs counts packets the kernel fast path left to the userspace
@@ -142,12 +141,18 @@ type Counters struct {
 	Handoffs map[string]uint64 `json:"handoffs,omitempty"`
 }
 
-// Traffic is one path's share of the counters.
+// Traffic is packets and bytes each way: a path's, or all of them.
 type Traffic struct {
 	TxPackets uint64 `json:"txPackets"`
 	TxBytes   uint64 `json:"txBytes"`
 	RxPackets uint64 `json:"rxPackets"`
 	RxBytes   uint64 `json:"rxBytes"`
+}
+
+// plus is t with a plane's counters added.
+func (t Traffic) plus(c dataplane.Counters) Traffic {
+	return Traffic{TxPackets: t.TxPackets + c.TxPackets, TxBytes: t.TxBytes + c.TxBytes,
+		RxPackets: t.RxPackets + c.RxPackets, RxBytes: t.RxBytes + c.RxBytes}
 }
 
 // DropTotal sums every drop reason.

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -99,15 +98,7 @@ func TestE2EDockerHost(t *testing.T) {
 	}
 }
 
-func requireTool(t *testing.T, tool string) {
-	t.Helper()
-	if _, err := exec.LookPath(tool); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not found: apt-get install -y iptables", tool)
-		}
-		t.Skipf("skipping: needs %s (apt-get install -y iptables)", tool)
-	}
-}
+func requireTool(t *testing.T, tool string) { netnstest.RequireTool(t, tool, "iptables") }
 
 // runIn runs a tool in node i's namespace, with stdin.
 func runIn(t *testing.T, l *Lab, i int, stdin, tool string, args ...string) string {

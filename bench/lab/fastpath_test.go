@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -410,15 +409,7 @@ func switchUnderTraffic(t *testing.T, l *Lab, sub [3]netip.Prefix) {
 
 // requireEthtool skips without ethtool, or fails under CI=true, where
 // .ci/run must install it.
-func requireEthtool(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("ethtool"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("ethtool not found: apt-get install -y ethtool")
-		}
-		t.Skip("skipping: needs ethtool (apt-get install -y ethtool)")
-	}
-}
+func requireEthtool(t *testing.T) { netnstest.RequireTool(t, "ethtool", "ethtool") }
 
 // wireOffloadsOff makes node i's kernel hand finished datagrams to the
 // wire: no segmentation or checksum offload on the underlay (so a
@@ -1014,15 +1005,7 @@ func TestE2EFastPathFallback(t *testing.T) {
 	}
 }
 
-func requireSetpriv(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("setpriv"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("setpriv not found: apt-get install -y util-linux")
-		}
-		t.Skip("skipping: needs setpriv (util-linux)")
-	}
-}
+func requireSetpriv(t *testing.T) { netnstest.RequireTool(t, "setpriv", "util-linux") }
 
 // weftFilters counts node i's tc filters of weft's names on dev at parent
 // (0 when dev is gone).

@@ -33,6 +33,21 @@ func SkipUnlessRoot(t testing.TB) {
 	}
 }
 
+// RequireTool skips t unless the program tool is on PATH, naming the Debian
+// package that has it; under CI=true, where .ci/run installs every tool a
+// test needs, a missing one fails instead. It returns the tool's path.
+func RequireTool(t testing.TB, tool, pkg string) string {
+	t.Helper()
+	path, err := exec.LookPath(tool)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s not found: apt-get install -y %s", tool, pkg)
+		}
+		t.Skipf("skipping: needs %s (apt-get install -y %s)", tool, pkg)
+	}
+	return path
+}
+
 // NS is a fresh, named network namespace.
 type NS struct {
 	// Name is the namespace's name under /run/netns, for `ip netns exec`
