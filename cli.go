@@ -62,23 +62,25 @@ type options struct {
 	fastPath     string
 	fastAttach   string
 
+	// flanneld's Kubernetes subnet manager: the leases are the Nodes.
+	kubeSubnetMgr      bool
+	kubeAPIURL         string
+	kubeconfigFile     string
+	kubeAnnotationPref string
+	netConfigPath      string
+	setNodeNetUnavail  bool
+
 	ignoredLog []string // flanneld's glog/klog flags given, noted at start
 }
 
 // flanneldOnlyFlags are flanneld's flags for what weft does not do, with
 // why and what instead; boolean ones count only when true.
 var flanneldOnlyFlags = []struct{ name, why string }{
-	{"kube-subnet-mgr", "weft leases subnets in etcd only (flanneld's default); the Kubernetes subnet manager is not supported: keep flanneld for it"},
-	{"kube-api-url", "the Kubernetes subnet manager is not supported: weft uses etcd (-etcd-endpoints)"},
-	{"kubeconfig-file", "the Kubernetes subnet manager is not supported: weft uses etcd (-etcd-endpoints)"},
-	{"kube-annotation-prefix", "the Kubernetes subnet manager is not supported: weft uses etcd (-etcd-endpoints)"},
-	{"net-config-path", "weft reads the network config from etcd, <etcd-prefix>/config (put it there with weft config put)"},
 	{"public-ipv6", "weft's udp backend is IPv4 only, as flannel's"},
-	{"set-node-network-unavailable", "the Kubernetes subnet manager is not supported: weft uses etcd"},
 }
 
 // flanneldBoolFlags are the boolean ones among flanneldOnlyFlags.
-var flanneldBoolFlags = map[string]bool{"kube-subnet-mgr": true, "set-node-network-unavailable": true}
+var flanneldBoolFlags = map[string]bool{}
 
 // glogFlags are the logging flags flanneld takes from glog/klog. weft logs
 // with log/slog to stderr (-log-format, -v), so they are accepted and noted.
@@ -119,6 +121,12 @@ func (o *options) daemonFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.fastAttach, "fast-path-attach", "auto", "how the fast path's programs attach: auto (TCX on Linux 6.6 and later, else a tc clsact qdisc's filters) or clsact (always tc filters, e.g. to run after other tc programs)")
 	fs.BoolVar(&o.splitDirs, "split-directions", false, "forward each direction in a thread of its own instead of one thread polling TUN and socket together (for comparison; slower on few CPUs)")
 	fs.BoolVar(&o.peerMetrics, "peer-metrics", false, "export per-peer traffic counters on /metrics (one series per node: mind the cardinality)")
+	fs.BoolVar(&o.kubeSubnetMgr, "kube-subnet-mgr", false, "lease through the Kubernetes API instead of etcd: the subnet is this Node's spec.podCIDR, peers are the Nodes (kube-flannel.yml)")
+	fs.StringVar(&o.kubeAPIURL, "kube-api-url", "", "Kubernetes API server URL (default: the pod's in-cluster config)")
+	fs.StringVar(&o.kubeconfigFile, "kubeconfig-file", "", "kubeconfig file (default: the pod's in-cluster config)")
+	fs.StringVar(&o.kubeAnnotationPref, "kube-annotation-prefix", "flannel.alpha.coreos.com", "prefix of flannel's Node annotations (at most one '/')")
+	fs.StringVar(&o.netConfigPath, "net-config-path", "/etc/kube-flannel/net-conf.json", "with -kube-subnet-mgr, the network config file (kube-flannel.yml's ConfigMap)")
+	fs.BoolVar(&o.setNodeNetUnavail, "set-node-network-unavailable", true, "with -kube-subnet-mgr, set the Node's NetworkUnavailable condition to False once the path is up")
 	fs.StringVar(&o.sourceCheck, "source-check", "strict", "which datagrams to accept: strict (from the PublicIP of the lease holding the inner source), nat (inner source in any lease, for peers behind NAT), off (any, as flanneld)")
 
 	// flanneld's flags weft does not implement, hidden: registered so that a

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -146,22 +147,17 @@ func TestRenewMarginRange(t *testing.T) {
 func TestFlanneldOnlyFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
-		env  string // FLANNELD_KUBE_SUBNET_MGR
+		env  string // FLANNELD_PUBLIC_IPV6
 		want string // in the error; "" for none
 		logs []string
 	}{
-		{args: []string{"--kube-subnet-mgr"}, want: "flanneld's -kube-subnet-mgr=true: weft leases subnets in etcd only"},
-		{args: []string{"--kube-subnet-mgr=false"}},
-		{env: "true", want: "-kube-subnet-mgr=true"},
-		{env: "false"},
-		{args: []string{"--kubeconfig-file=/etc/k.conf"}, want: "Kubernetes subnet manager is not supported"},
-		{args: []string{"--net-config-path=/etc/kube-flannel/net-conf.json"}, want: "<etcd-prefix>/config"},
 		{args: []string{"--public-ipv6=2001:db8::1"}, want: "IPv4 only"},
+		{env: "2001:db8::1", want: "-public-ipv6=2001:db8::1: weft's udp backend is IPv4 only"},
 		{args: []string{"--logtostderr", "--alsologtostderr=true", "--log_dir=/var/log", "--v=2"}, logs: []string{"-logtostderr", "-alsologtostderr", "-log_dir"}},
 	} {
-		t.Setenv("FLANNELD_KUBE_SUBNET_MGR", tc.env)
+		t.Setenv("FLANNELD_PUBLIC_IPV6", tc.env)
 		if tc.env == "" {
-			os.Unsetenv("FLANNELD_KUBE_SUBNET_MGR")
+			os.Unsetenv("FLANNELD_PUBLIC_IPV6")
 		}
 		o := &options{}
 		fs := pflag.NewFlagSet("weft", pflag.ContinueOnError)
@@ -184,13 +180,79 @@ func TestFlanneldOnlyFlags(t *testing.T) {
 		}
 	}
 	// Single-dash, as in flanneld units, through the whole command line.
-	err := execute(context.Background(), []string{"-kube-subnet-mgr"}, &bytes.Buffer{}, &bytes.Buffer{})
-	if err == nil || !strings.Contains(err.Error(), "Kubernetes subnet manager is not supported") {
-		t.Errorf("weft -kube-subnet-mgr: %v", err)
+	err := execute(context.Background(), []string{"-public-ipv6=2001:db8::1"}, &bytes.Buffer{}, &bytes.Buffer{})
+	if err == nil || !strings.Contains(err.Error(), "IPv4 only") {
+		t.Errorf("weft -public-ipv6: %v", err)
 	}
 	var help bytes.Buffer
-	if err := execute(context.Background(), []string{"--help"}, &help, &bytes.Buffer{}); err != nil || strings.Contains(help.String(), "kube-subnet-mgr") {
+	if err := execute(context.Background(), []string{"--help"}, &help, &bytes.Buffer{}); err != nil || strings.Contains(help.String(), "public-ipv6") {
 		t.Errorf("--help lists the hidden flanneld flags (%v):\n%s", err, help.String())
+	}
+}
+
+// kube-flannel.yml's command line and environment make a Kubernetes node
+// config: flanneld's flags, their FLANNELD_* forms, the Node from the
+// downward API's POD_NAME and POD_NAMESPACE or from NODE_NAME.
+func TestKubeSubnetMgrFlags(t *testing.T) {
+	for _, k := range []string{"NODE_NAME", "FLANNELD_KUBE_ANNOTATION_PREFIX", "FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", "FLANNELD_KUBECONFIG_FILE"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	t.Setenv("POD_NAME", "kube-flannel-ds-x7k2p")
+	t.Setenv("POD_NAMESPACE", "kube-flannel")
+	parse := func(args ...string) *options {
+		t.Helper()
+		o := &options{}
+		root := newRootCommand(&bytes.Buffer{}, &bytes.Buffer{})
+		if err := root.ParseFlags(normalizeArgs(root, args)); err != nil {
+			t.Fatal(err)
+		}
+		if err := applyEnv(root.Flags()); err != nil {
+			t.Fatal(err)
+		}
+		fs := root.Flags()
+		o.kubeSubnetMgr, _ = fs.GetBool("kube-subnet-mgr")
+		o.kubeAPIURL, _ = fs.GetString("kube-api-url")
+		o.kubeconfigFile, _ = fs.GetString("kubeconfig-file")
+		o.kubeAnnotationPref, _ = fs.GetString("kube-annotation-prefix")
+		o.netConfigPath, _ = fs.GetString("net-config-path")
+		o.setNodeNetUnavail, _ = fs.GetBool("set-node-network-unavailable")
+		return o
+	}
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
+	os.Unsetenv("KUBERNETES_SERVICE_HOST")
+	if _, err := parse("--kube-subnet-mgr").kubeConfig(); err == nil || !strings.Contains(err.Error(), "outside a pod, give -kubeconfig-file or -kube-api-url") {
+		t.Errorf("outside a pod with neither flag: %v", err)
+	}
+	o := parse("--ip-masq", "--kube-subnet-mgr", "--kube-api-url=https://198.18.0.1:6443")
+	k, err := o.kubeConfig()
+	if err != nil || k == nil || k.PodName != "kube-flannel-ds-x7k2p" || k.PodNamespace != "kube-flannel" || k.NodeName != "" ||
+		k.AnnotationPrefix != "flannel.alpha.coreos.com" || !k.SetNodeNetworkUnavailable || k.REST.Host != "https://198.18.0.1:6443" ||
+		o.netConfigPath != "/etc/kube-flannel/net-conf.json" {
+		t.Errorf("kube-flannel.yml's defaults: %+v, net-config-path %q", k, o.netConfigPath)
+	}
+	t.Setenv("NODE_NAME", "n7")
+	t.Setenv("FLANNELD_KUBE_ANNOTATION_PREFIX", "example.com/weft")
+	t.Setenv("FLANNELD_SET_NODE_NETWORK_UNAVAILABLE", "false")
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://198.18.0.2:6443"}}]
+users: [{name: u, user: {token: abc}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FLANNELD_KUBECONFIG_FILE", kubeconfig)
+	o = parse("-kube-subnet-mgr", "-net-config-path=/etc/weft/net-conf.json")
+	k, err = o.kubeConfig()
+	if err != nil || k == nil || k.NodeName != "n7" || k.AnnotationPrefix != "example.com/weft" || k.SetNodeNetworkUnavailable ||
+		k.REST.Host != "https://198.18.0.2:6443" || k.REST.BearerToken != "abc" || o.netConfigPath != "/etc/weft/net-conf.json" {
+		t.Errorf("flags and FLANNELD_* forms: %+v %v, net-config-path %q", k, err, o.netConfigPath)
+	}
+	if k, err := parse().kubeConfig(); k != nil || err != nil {
+		t.Errorf("without -kube-subnet-mgr: %+v, %v", k, err)
 	}
 }
 func TestFirewallFlags(t *testing.T) {

@@ -6,15 +6,19 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/weft-net/weft/etcd"
 	"github.com/weft-net/weft/internal/logging"
+	"github.com/weft-net/weft/kube"
 	"github.com/weft-net/weft/node"
 	"github.com/weft-net/weft/route"
 	"github.com/weft-net/weft/status"
 	"github.com/weft-net/weft/tunnel"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 )
 
 // runDaemon validates the flags into a node config and runs the node until
@@ -29,7 +33,11 @@ func runDaemon(ctx context.Context, o *options, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.Info("starting weft", "version", build().String(), "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
+	if cfg.Kube != nil {
+		log.Info("starting weft", "version", build().String(), "store", "kubernetes", "net-config-path", o.netConfigPath)
+	} else {
+		log.Info("starting weft", "version", build().String(), "etcd", o.etcdEndpoints, "prefix", o.etcdPrefix)
+	}
 	if len(o.ignoredLog) > 0 {
 		log.Info("ignoring flanneld's glog flags: weft logs to stderr (-log-format, -v)", "flags", strings.Join(o.ignoredLog, " "))
 	}
@@ -65,6 +73,10 @@ func (o *options) nodeConfig() (node.Config, error) {
 	if o.fastAttach != "auto" && o.fastAttach != "clsact" {
 		return node.Config{}, fmt.Errorf("-fast-path-attach=%s: must be auto or clsact", o.fastAttach)
 	}
+	kc, err := o.kubeConfig()
+	if err != nil {
+		return node.Config{}, err
+	}
 	sel := route.Selector{Ifaces: o.ifaces, Regexes: o.ifaceRegexes}
 	if o.ifaceCanReach != "" {
 		if sel.CanReach, err = netip.ParseAddr(o.ifaceCanReach); err != nil {
@@ -78,7 +90,7 @@ func (o *options) nodeConfig() (node.Config, error) {
 		}
 	}
 	return node.Config{
-		Build: build(), Etcd: o.etcdConfig(nil), Iface: sel, PublicIP: pub,
+		Build: build(), Etcd: o.etcdConfig(nil), Kube: kc, NetConfPath: o.netConfigPath, Iface: sel, PublicIP: pub,
 		SubnetFile: o.subnetFile, RenewMargin: margin,
 		HealthzIP: o.healthzIP, HealthzPort: o.healthzPort, StatusSocket: o.statusSocket,
 		TunName: o.tunName, MTU: o.mtu, SourceCheck: check, Offloads: offloads,
@@ -86,6 +98,31 @@ func (o *options) nodeConfig() (node.Config, error) {
 		Firewall: node.Firewall{Masquerade: o.ipMasq, FullyRandom: !o.ipMasqFullyRandomDisable,
 			Forward: o.iptablesForwardRules, Resync: time.Duration(o.iptablesResync) * time.Second},
 		FastPath: fastPath, FastPathClsact: o.fastAttach == "clsact", OpenTUN: openTUNOverride,
+	}, nil
+}
+
+// kubeConfig is -kube-subnet-mgr's config, nil without it: the API
+// client's config as flanneld builds it (the in-cluster config with
+// neither -kube-api-url nor -kubeconfig-file), and the Node named by the
+// environment, as for flanneld (kube-flannel.yml sets POD_NAME and
+// POD_NAMESPACE).
+func (o *options) kubeConfig() (*kube.Config, error) {
+	if !o.kubeSubnetMgr {
+		return nil, nil
+	}
+	var rc *rest.Config
+	var err error
+	if o.kubeAPIURL == "" && o.kubeconfigFile == "" {
+		if rc, err = rest.InClusterConfig(); err != nil {
+			return nil, fmt.Errorf("-kube-subnet-mgr: in-cluster config: %w (outside a pod, give -kubeconfig-file or -kube-api-url)", err)
+		}
+	} else if rc, err = clientcmd.BuildConfigFromFlags(o.kubeAPIURL, o.kubeconfigFile); err != nil {
+		return nil, fmt.Errorf("-kube-subnet-mgr: -kube-api-url=%q -kubeconfig-file=%q: %w", o.kubeAPIURL, o.kubeconfigFile, err)
+	}
+	return &kube.Config{
+		REST: rc, AnnotationPrefix: o.kubeAnnotationPref,
+		NodeName: os.Getenv("NODE_NAME"), PodName: os.Getenv("POD_NAME"), PodNamespace: os.Getenv("POD_NAMESPACE"),
+		SetNodeNetworkUnavailable: o.setNodeNetUnavail, UserAgent: "weft/" + version,
 	}, nil
 }
 

@@ -47,6 +47,25 @@ var importRules = []struct {
 	{pkg: "/node", forbidden: []string{module + "/bench", "github.com/spf13/"}},
 	{pkg: "/internal/logging", onlyStd: []string{}},
 	{pkg: "/internal/netnstest", onlyStd: []string{"github.com/vishvananda/netlink", "github.com/vishvananda/netns"}, direct: true},
+	// The Kubernetes lease store, like etcd's, never reaches the data
+	// planes, the device or the node; nor the command line's flag
+	// libraries (client-go's kubeconfig loader brings them: the command
+	// line builds the client's config).
+	{pkg: "/kube", forbidden: []string{module + "/tunnel", module + "/fastpath", module + "/route", module + "/firewall",
+		module + "/node", module + "/status", module + "/etcd", module + "/bench", "go.etcd.io/", "github.com/vishvananda/", "github.com/spf13/"}},
+	// The kube-apiserver harness plays the cluster, never weft: not the
+	// store it tests, the daemon or the data planes.
+	{pkg: "/kube/kubetest", forbidden: []string{module + "/kube", module + "/node", module + "/subnet", module + "/tunnel",
+		module + "/fastpath", module + "/route", module + "/firewall", module + "/status", module + "/bench",
+		"github.com/vishvananda/"}},
+	// The manifest's package holds no code, only kube-weft.yml; its tests
+	// (which go list without -test does not see) use kube/kubetest and
+	// subnet's parser.
+	{pkg: "/deploy", onlyStd: []string{}},
+	// The image tool packages the built binary: nothing of weft's, no data
+	// plane, no etcd, netlink or Kubernetes in it.
+	{pkg: "/image", forbidden: []string{module + "/", "go.etcd.io/", "github.com/vishvananda/", "github.com/cilium/",
+		"github.com/google/nftables", "github.com/coreos/", "k8s.io/"}},
 }
 
 type goPackage struct {
@@ -115,6 +134,13 @@ func TestImportRules(t *testing.T) {
 			}
 			if imp == module+"/node" && path != module && !strings.HasPrefix(path, module+"/bench") {
 				t.Errorf("%s imports %s; only the command line (and bench) may", path, imp)
+			}
+			// go list without -test: any importer here is not a test.
+			if imp == module+"/kube/kubetest" && !strings.HasPrefix(path, module+"/bench") {
+				t.Errorf("%s imports %s; only tests (and bench) may", path, imp)
+			}
+			if imp == module+"/image" {
+				t.Errorf("%s imports %s; the image tool is a command, imported by nothing", path, imp)
 			}
 		}
 	}

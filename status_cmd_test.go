@@ -108,7 +108,7 @@ func TestPrintStatusFastPath(t *testing.T) {
 				s.Peers[0].Path = status.PathUserspace
 			}
 			var out bytes.Buffer
-			printStatus(&out, s, time.Now())
+			status.WriteText(&out, s, time.Now())
 			for _, w := range tc.want {
 				if !strings.Contains(out.String(), w) {
 					t.Errorf("output lacks %q:\n%s", w, out.String())

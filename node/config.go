@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/etcd"
+	"github.com/weft-net/weft/kube"
 	"github.com/weft-net/weft/route"
 	"github.com/weft-net/weft/status"
 	"github.com/weft-net/weft/tunnel"
@@ -24,6 +25,11 @@ type Config struct {
 	Build status.Build
 	// Etcd is the etcd client's config; the node sets its Logger.
 	Etcd etcd.Config
+	// Kube, if set, makes the Kubernetes API the lease store instead of
+	// etcd (-kube-subnet-mgr); the node sets its Logger.
+	Kube *kube.Config
+	// NetConfPath is -net-config-path: the network config with Kube.
+	NetConfPath string
 	// Iface chooses the underlay interface (-iface, -iface-regex,
 	// -iface-can-reach).
 	Iface route.Selector

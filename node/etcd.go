@@ -35,12 +35,12 @@ func connectEtcd(ctx context.Context, c etcd.Config, log *slog.Logger) (*etcd.St
 // waitConfig reads and validates the network config, retrying while it is
 // missing or etcd is unreachable. An invalid config is fatal: it needs an
 // operator, and systemd will start us again.
-func (n *node) waitConfig(ctx context.Context) (*subnet.Config, error) {
+func (n *node) waitConfig(ctx context.Context, store *etcd.Store) (*subnet.Config, error) {
 	var lastErr string
 	hint := ConfigPutHint(n.cfg.Etcd)
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		data, err := n.store.GetNetworkConfig(cctx)
+		data, err := store.GetNetworkConfig(cctx)
 		cancel()
 		if err == nil {
 			cfg, err := subnet.ParseConfig(data)
@@ -74,8 +74,8 @@ func (n *node) waitConfig(ctx context.Context) (*subnet.Config, error) {
 	}
 }
 
-// acquire takes a lease, retrying while etcd is unreachable.
-func (n *node) acquire(ctx context.Context) (subnet.Lease, error) {
+// acquire takes a lease in etcd, retrying while etcd is unreachable.
+func (n *node) acquire(ctx context.Context, store *etcd.Store, attrs subnet.Attrs) (subnet.Lease, error) {
 	prev, err := readSubnetEnv(n.cfg.SubnetFile)
 	if err != nil {
 		n.log.Warn("ignoring previous subnet file", "file", n.cfg.SubnetFile, "err", err)
@@ -83,11 +83,9 @@ func (n *node) acquire(ctx context.Context) (subnet.Lease, error) {
 	backoff := retry{}
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		l, err := subnet.Acquire(cctx, n.store, subnet.AcquireOptions{
-			Config: n.netCfg,
-			// Exactly what a udp flanneld writes, so mixed clusters see
-			// identical leases.
-			Attrs:    subnet.Attrs{PublicIP: n.publicIP},
+		l, err := subnet.Acquire(cctx, store, subnet.AcquireOptions{
+			Config:   n.netCfg,
+			Attrs:    attrs,
 			Previous: prev,
 			Logger:   n.log,
 		})
@@ -223,15 +221,15 @@ func (n *node) setEtcdUp(own netip.Prefix, up bool) {
 	if !n.health.SetEtcdUp(up) {
 		return
 	}
-	eps := endpoints(n.cfg.Etcd)
+	kind, where := n.store.kind(), n.store.where()
 	if up {
-		n.log.Info("etcd connection up", "endpoints", eps)
+		n.log.Info(kind+" connection up", kind, where)
 		select { // end a watch's backoff: etcd is back now
 		case n.etcdBack <- struct{}{}:
 		default:
 		}
 	} else {
-		n.log.Warn("etcd connection lost; forwarding with the last peer table until it returns", "endpoints", eps)
+		n.log.Warn(kind+" connection lost; forwarding with the last peer table until it returns", kind, where)
 	}
 	notify(n.log, n.statusLine(own))
 }
@@ -239,9 +237,9 @@ func (n *node) setEtcdUp(own netip.Prefix, up bool) {
 // statusLine is systemd's one-line STATUS= for `systemctl status weft`.
 func (n *node) statusLine(own netip.Prefix) string {
 	s := n.health.Status(false)
-	etcd := "etcd up"
+	store := n.store.kind() + " up"
 	if !s.Etcd.Up {
-		etcd = "etcd unreachable, forwarding with the last peer table"
+		store = n.store.kind() + " unreachable, forwarding with the last peer table"
 	}
-	return fmt.Sprintf("STATUS=%s on %s, %d peers, %s", own, n.cfg.TunName, s.PeerTable.Peers, etcd)
+	return fmt.Sprintf("STATUS=%s on %s, %d peers, %s", own, n.cfg.TunName, s.PeerTable.Peers, store)
 }

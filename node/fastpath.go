@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/dataplane"
@@ -46,6 +48,11 @@ func (n *node) startFastPath(lease subnet.Lease) (dataplane.Plane, error) {
 		}
 		st.Reason = err.Error()
 		n.health.SetFastPath(st)
+		if mc, ok := errors.AsType[*missingCapsError](err); ok {
+			n.log.Warn("kernel fast path not running: the userspace path carries all traffic",
+				"missing", strings.Join(mc.missing, ","), "reason", err, "fix", mc.fix())
+			return nil, nil
+		}
 		n.log.Warn("kernel fast path not running: the userspace path carries all traffic", "reason", err,
 			"fix", "run with CAP_BPF on Linux 5.10 or later, or set -fast-path=off to say this is intended")
 		return nil, nil
@@ -61,9 +68,8 @@ func (n *node) startFastPath(lease subnet.Lease) (dataplane.Plane, error) {
 // and the underlay, in the node's namespace.
 func openKernel(n *node, lease subnet.Lease) (dataplane.Plane, status.FastPath, error) {
 	var info status.FastPath
-	if !hasCap(unix.CAP_BPF) && !hasCap(unix.CAP_SYS_ADMIN) {
-		return nil, info, errors.New("missing CAP_BPF, which loading eBPF programs needs: " +
-			"add CAP_BPF to the unit's CapabilityBoundingSet and AmbientCapabilities, as systemd/weft.service has")
+	if missing := missingFastPathCaps(hasCap); len(missing) > 0 {
+		return nil, info, &missingCapsError{missing: missing}
 	}
 	link, err := n.nl.LinkByName(n.cfg.TunName)
 	if err != nil {
@@ -80,6 +86,9 @@ func openKernel(n *node, lease subnet.Lease) (dataplane.Plane, status.FastPath, 
 		GSOToUserspace: gsoUser,
 	})
 	if err != nil {
+		if verifierWantsPerfmon(hasCap, err) {
+			return nil, info, &missingCapsError{missing: []string{"CAP_PERFMON"}, err: err}
+		}
 		return nil, info, err
 	}
 	attach := func(p *fastpath.Programs) (a *fastpath.Attachment, err error) {
@@ -98,6 +107,65 @@ func openKernel(n *node, lease subnet.Lease) (dataplane.Plane, status.FastPath, 
 	pl.Reattach = attach
 	info.Attach = string(a.Mode)
 	return pl, info, nil
+}
+
+// missingFastPathCaps names the capabilities the fast path needs that has
+// says the process lacks. Measured on Linux 6.18 with the runtime's
+// default set plus NET_ADMIN: without CAP_BPF the kernel refuses to create
+// the maps (EPERM, which cilium/ebpf words as "MEMLOCK may be too low":
+// since Linux 5.11 eBPF memory is charged to the memory cgroup, no
+// RLIMIT_MEMLOCK or CAP_SYS_RESOURCE is involved); without CAP_NET_ADMIN
+// it refuses to load the tc programs (EPERM), and clsact's qdisc and
+// filters need it too. CAP_SYS_ADMIN covers CAP_BPF (and CAP_PERFMON), not
+// CAP_NET_ADMIN for clsact. CAP_PERFMON is not needed there: see
+// verifierWantsPerfmon.
+func missingFastPathCaps(has func(int) bool) []string {
+	var missing []string
+	if !has(unix.CAP_BPF) && !has(unix.CAP_SYS_ADMIN) {
+		missing = append(missing, "CAP_BPF")
+	}
+	if !has(unix.CAP_NET_ADMIN) {
+		missing = append(missing, "CAP_NET_ADMIN")
+	}
+	return missing
+}
+
+// verifierWantsPerfmon says whether err, from loading the programs with
+// the capabilities missingFastPathCaps asks for, is the refusal of a
+// verifier that wants CAP_PERFMON as well: Linux 6.1's refuses some of the
+// programs' stack stores without it (EACCES, with the verifier's log),
+// which Linux 6.18 accepts.
+func verifierWantsPerfmon(has func(int) bool, err error) bool {
+	_, verifier := errors.AsType[*ebpf.VerifierError](err)
+	return verifier && errors.Is(err, unix.EACCES) && !has(unix.CAP_PERFMON) && !has(unix.CAP_SYS_ADMIN)
+}
+
+// missingCapsError: the fast path cannot run for want of capabilities.
+type missingCapsError struct {
+	missing []string // "CAP_BPF", ...
+	err     error    // the kernel's refusal, when it came to that
+}
+
+func (e *missingCapsError) Error() string {
+	s := "missing " + strings.Join(e.missing, " and ") + ", which loading and attaching the fast path's eBPF programs needs"
+	if e.err != nil {
+		s += " on this kernel: " + e.err.Error()
+	}
+	return s
+}
+
+func (e *missingCapsError) Unwrap() error { return e.err }
+
+// fix says how to grant the missing capabilities, in a systemd unit and
+// in a Kubernetes manifest.
+func (e *missingCapsError) fix() string {
+	k8s := make([]string, len(e.missing))
+	for i, c := range e.missing {
+		k8s[i] = strings.TrimPrefix(c, "CAP_")
+	}
+	return "systemd: add " + strings.Join(e.missing, " ") + " to AmbientCapabilities= (and to CapabilityBoundingSet=, if set) in the unit; " +
+		"Kubernetes: securityContext.capabilities.add: [" + strings.Join(k8s, ", ") + "]; " +
+		"CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON too; or set -fast-path=off to say the userspace path alone is intended"
 }
 
 // superPacketsToUserspace says whether TCP super-packets should take the

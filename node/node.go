@@ -17,7 +17,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/dataplane"
-	"github.com/weft-net/weft/etcd"
 	"github.com/weft-net/weft/route"
 	"github.com/weft-net/weft/status"
 	"github.com/weft-net/weft/subnet"
@@ -67,7 +66,7 @@ type node struct {
 	log      *slog.Logger
 	hooks    hooks
 	nl       *netlink.Handle
-	store    *etcd.Store
+	store    leaseStore
 	iface    route.Iface
 	publicIP netip.Addr
 
@@ -77,8 +76,9 @@ type node struct {
 	desired   route.Desired // the device's kernel state, re-applied by the route check
 	hup       chan os.Signal
 	peers     peerSet
-	etcdBack  chan struct{} // the etcd connection came back up
-	etcdWorks chan struct{} // a call to etcd just succeeded (see etcdWorked)
+	etcdBack  chan struct{} // the store's connection came back up
+	etcdWorks chan struct{} // a call to the store just succeeded (see etcdWorked)
+	up        chan struct{} // closed once ready
 }
 
 // hooks are the node's reach into the kernel's TUN and its data planes:
@@ -112,9 +112,8 @@ func (n *node) run(ctx context.Context) error {
 	}
 	defer stop()
 	defer notify(n.log, "STOPPING=1\nSTATUS=stopping")
-	notify(n.log, "STATUS=reading the network config from "+n.cfg.Etcd.Prefix+"/config")
 
-	if n.netCfg, err = n.waitConfig(ctx); err != nil {
+	if n.netCfg, err = n.store.networkConfig(ctx); err != nil {
 		return n.stoppedEarly(ctx, err, "while reading the network config")
 	}
 	c := n.netCfg
@@ -130,7 +129,9 @@ func (n *node) run(ctx context.Context) error {
 			conn.Close()
 		}
 	}()
-	lease, err := n.acquire(ctx)
+	// Exactly what a udp flanneld writes, so mixed clusters see identical
+	// leases.
+	lease, err := n.store.acquire(ctx, subnet.Attrs{PublicIP: n.publicIP})
 	if err != nil {
 		return n.stoppedEarly(ctx, err, "while acquiring a lease")
 	}
@@ -226,6 +227,7 @@ func (n *node) serve(ctx context.Context, lease subnet.Lease, planes []dataplane
 		cancel(err)
 	} else {
 		n.health.SetReady()
+		close(n.up)
 		n.log.Info("ready", "subnet", lease.Subnet, "device", n.cfg.TunName, "mtu", n.mtu,
 			"subnet-file", n.cfg.SubnetFile, "peers", len(leases)-1)
 		notify(n.log, "READY=1\n"+n.statusLine(lease.Subnet))
@@ -236,7 +238,7 @@ func (n *node) serve(ctx context.Context, lease subnet.Lease, planes []dataplane
 	n.withdraw(lease)
 	wg.Wait()
 	if errors.Is(cause, context.Canceled) {
-		n.log.Info("stopped; the lease stays in etcd for the next start", "subnet", lease.Subnet)
+		n.log.Info("stopped; the lease stays in "+n.store.kind()+" for the next start", "subnet", lease.Subnet)
 		return nil
 	}
 	return cause
@@ -255,7 +257,7 @@ func (n *node) spawnWorkers(spawn func(string, func(context.Context) error), lea
 	for _, p := range planes[1:] {
 		spawn("kernel fast path", p.Run)
 	}
-	spawn("etcd monitor", func(ctx context.Context) error {
+	spawn(n.store.kind()+" monitor", func(ctx context.Context) error {
 		n.monitorEtcd(ctx, lease.Subnet)
 		return nil
 	})
@@ -263,11 +265,7 @@ func (n *node) spawnWorkers(spawn func(string, func(context.Context) error), lea
 		spawn("watchdog", func(ctx context.Context) error { return n.watchdog(ctx, interval, &planeUp) })
 	}
 	spawn("watch", func(ctx context.Context) error { return n.watch(ctx, lease.Subnet, leases, rev, fail) })
-	spawn("lease renewal", func(ctx context.Context) error {
-		return subnet.KeepAlive(ctx, n.store, subnet.RealClock{}, n.log, lease, n.cfg.RenewMargin,
-			func(l subnet.Lease) { n.health.Renewed(statusLease(l)); n.etcdWorked() },
-			func(err error) { n.health.RenewFailed(err, time.Now()) })
-	})
+	spawn("lease", func(ctx context.Context) error { return n.store.keep(ctx, lease, n.up) })
 	spawn("route check", func(ctx context.Context) error { return n.routeCheck(ctx, lease.Subnet) })
 }
 

@@ -162,7 +162,15 @@ func startTestNodeWith(t *testing.T, fp testFastPath, others ...netip.Prefix) *t
 		TunName: "udp0", SourceCheck: tunnel.SourceStrict, Firewall: Firewall{Forward: true, Resync: time.Second},
 		FastPath: fp.mode,
 	}}
-	h := hooks{netns: ns.Handle, openPlane: func(nd *node, conn tunnel.Conn) (dataplane.Plane, func(), error) {
+	n.launch(t, fp)
+	return n
+}
+
+// launch runs the node with a fakePlane in its namespace and, unless
+// fp.noWait, waits until it is ready.
+func (n *testNode) launch(t *testing.T, fp testFastPath) {
+	t.Helper()
+	h := hooks{netns: n.ns.Handle, openPlane: func(nd *node, conn tunnel.Conn) (dataplane.Plane, func(), error) {
 		// A veth stands in for the TUN (this kernel may lack dummy): the
 		// node gives it its address, MTU and route as it would the TUN.
 		if err := nd.nl.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nd.cfg.TunName}, PeerName: nd.cfg.TunName + "p"}); err != nil {
@@ -177,7 +185,8 @@ func startTestNodeWith(t *testing.T, fp testFastPath, others ...netip.Prefix) *t
 		return fp.plane, status.FastPath{Attach: "fake", SuperPackets: "kernel"}, nil
 	}}
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ctx, n.stop = context.WithCancel(ctx)
+	ctx, stop := context.WithCancel(context.Background())
+	n.stop = stop
 	t.Cleanup(n.stop)
 	go func() {
 		nd, err := preflight(ctx, n.cfg, log, h)
@@ -191,7 +200,6 @@ func startTestNodeWith(t *testing.T, fp testFastPath, others ...netip.Prefix) *t
 	if !fp.noWait {
 		n.waitReady(t)
 	}
-	return n
 }
 
 func (n *testNode) waitReady(t *testing.T) *status.Status {

@@ -139,7 +139,7 @@ func (n *node) watch(ctx context.Context, own netip.Prefix, initial []subnet.Lea
 			n.etcdWorked()
 			for _, ev := range events {
 				if ev.Lease.Subnet == own && ev.Type == subnet.EventRemoved {
-					fail(fmt.Errorf("our lease %s was removed from etcd: %w", own, subnet.ErrLeaseNotFound))
+					fail(fmt.Errorf("our lease %s was removed from %s (%s): %w", own, n.store.kind(), n.store.where(), subnet.ErrLeaseNotFound))
 					return
 				}
 			}

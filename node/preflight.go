@@ -23,7 +23,8 @@ func preflight(ctx context.Context, cfg Config, log *slog.Logger, h hooks) (*nod
 	if err := requireNetAdmin(); err != nil {
 		return nil, err
 	}
-	n := &node{cfg: cfg, log: log, hooks: h, etcdBack: make(chan struct{}, 1), etcdWorks: make(chan struct{}, 1)}
+	n := &node{cfg: cfg, log: log, hooks: h, etcdBack: make(chan struct{}, 1), etcdWorks: make(chan struct{}, 1),
+		up: make(chan struct{})}
 	var err error
 	if h.netns >= 0 {
 		n.nl, err = netlink.NewHandleAt(h.netns)
@@ -38,14 +39,14 @@ func preflight(ctx context.Context, cfg Config, log *slog.Logger, h hooks) (*nod
 		return nil, err
 	}
 	log.Info("using interface", "iface", n.iface.Name, "addr", n.iface.Addr, "mtu", n.iface.MTU, "public-ip", n.publicIP)
-	if n.store, err = connectEtcd(ctx, cfg.Etcd, log); err != nil {
+	if n.store, err = connectStore(ctx, n); err != nil {
 		n.nl.Close()
 		return nil, err
 	}
 	n.health = status.NewHealth(cfg.Build)
-	n.health.SetStatic(endpoints(cfg.Etcd), cfg.SourceCheck.String(), cfg.PeerMetrics,
+	n.health.SetStatic(n.store.where(), cfg.SourceCheck.String(), cfg.PeerMetrics,
 		append(tunnel.DropReasonNames(), fastpath.DropKernelError))
-	n.health.SetEtcdRequests(n.store.Requests)
+	n.reportStore()
 	return n, nil
 }
 

@@ -1,6 +1,7 @@
 package status
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -50,6 +51,8 @@ type Health struct {
 	fastPath *FastPath // nil until the node sets it
 	// etcdRequests reads the etcd client's request counts, if set.
 	etcdRequests func() map[string]uint64
+	store        string
+	kube         func() Kubernetes // reads the Kubernetes store's state, if it is the store
 	table        PeerTable
 	firewall     *Firewall // nil while no rules are wanted
 }
@@ -133,6 +136,14 @@ func (h *Health) TableUpdated(peers int, rev int64, took time.Duration) {
 	h.mu.Unlock()
 }
 
+// SetStore records which lease store the node uses; kube, for the
+// Kubernetes API, reads its state.
+func (h *Health) SetStore(store string, kube func() Kubernetes) {
+	h.mu.Lock()
+	h.store, h.kube = store, kube
+	h.mu.Unlock()
+}
+
 // SetEtcdRequests makes /status and /metrics read the etcd client's
 // request counts through f.
 func (h *Health) SetEtcdRequests(f func() map[string]uint64) {
@@ -187,6 +198,12 @@ func (h *Health) Status(withPeers bool) Status {
 	}
 	if h.etcdRequests != nil {
 		s.Etcd.Requests = h.etcdRequests()
+	}
+	s.Store = cmp.Or(h.store, StoreEtcd)
+	if h.kube != nil {
+		k := h.kube()
+		k.Up = h.etcdUp
+		s.Kubernetes = &k
 	}
 	if withPeers {
 		s.Peers = []Peer{}

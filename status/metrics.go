@@ -41,6 +41,9 @@ var (
 	descOffloadFalls  = prometheus.NewDesc("weft_offload_fallbacks_total", "Offloads the kernel refused, after which weft used the plain path.", nil, nil)
 	descFwInPlace     = prometheus.NewDesc("weft_firewall_rules_in_place", "1 while weft's nftables rules are as the flags say (absent with -ip-masq and -iptables-forward-rules off).", nil, nil)
 	descFwDrops       = prometheus.NewDesc("weft_firewall_forward_drop_chains", "Other tables' forward chains that drop by default, where overlay traffic dies unless they accept it.", nil, nil)
+	descKubeUp        = prometheus.NewDesc("weft_kube_up", "1 while the Kubernetes API server answers (with -kube-subnet-mgr).", nil, nil)
+	descKubeNodes     = prometheus.NewDesc("weft_kube_nodes", "Nodes the informer sees (with -kube-subnet-mgr).", nil, nil)
+	descKubeSkipped   = prometheus.NewDesc("weft_kube_skipped_nodes", "Nodes that lease through the API but are not routed to, by reason (with -kube-subnet-mgr).", []string{"reason"}, nil)
 	descFwJoined      = prometheus.NewDesc("weft_firewall_joined_chain", "1 for each of iptables' FORWARD chains that drops by default and holds weft's accepts for the network.", []string{"chain"}, nil)
 
 	// Per peer, only with -peer-metrics: one series per node of the cluster.
@@ -56,7 +59,7 @@ type collector struct{ h *Health }
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBuildInfo, descReady, descPeers, descTableRev, descTableUpdates, descTableSeconds, descEtcdRequests, descLeaseExpiry, descRenewals, descEtcdUp,
 		descWatchRestarts, descTxPackets, descTxBytes, descRxPackets, descRxBytes, descDrops, descHandoffs, descOffload, descOffloadFalls, descFastPath,
-		descFwInPlace, descFwDrops, descFwJoined, descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
+		descFwInPlace, descFwDrops, descFwJoined, descKubeUp, descKubeNodes, descKubeSkipped, descPeerTxPackets, descPeerTxBytes, descPeerRxPackets, descPeerRxBytes} {
 		ch <- d
 	}
 }
@@ -89,9 +92,17 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for result, n := range s.Etcd.Renewals {
 		counter(descRenewals, n, result)
 	}
-	gauge(descEtcdUp, boolFloat(s.Etcd.Up))
-	for reason, n := range s.Etcd.WatchRestarts {
-		counter(descWatchRestarts, n, reason)
+	if k := s.Kubernetes; k != nil {
+		gauge(descKubeUp, boolFloat(k.Up))
+		gauge(descKubeNodes, float64(k.Nodes))
+		for reason, n := range k.Skipped {
+			gauge(descKubeSkipped, float64(n), reason)
+		}
+	} else {
+		gauge(descEtcdUp, boolFloat(s.Etcd.Up))
+		for reason, n := range s.Etcd.WatchRestarts {
+			counter(descWatchRestarts, n, reason)
+		}
 	}
 	// Both paths always, zeros too, so rate() works from the first scrape
 	// and across the fast path starting or falling back.

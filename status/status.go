@@ -21,18 +21,22 @@ const (
 
 // Status is the /status document.
 type Status struct {
-	Version     string    `json:"version"`
-	Ready       bool      `json:"ready"`
-	Lease       *Lease    `json:"lease,omitempty"`
-	Renewal     *Renew    `json:"renewal,omitempty"`
-	Etcd        Etcd      `json:"etcd"`
-	Device      string    `json:"device,omitempty"`
-	MTU         int       `json:"mtu,omitempty"`
-	SourceCheck string    `json:"sourceCheck,omitempty"`
-	Offload     bool      `json:"offload"`
-	Offloads    Offloads  `json:"offloads"`
-	PeerTable   PeerTable `json:"peerTable"`
-	Firewall    *Firewall `json:"firewall,omitempty"`
+	Version string `json:"version"`
+	Ready   bool   `json:"ready"`
+	Lease   *Lease `json:"lease,omitempty"`
+	Renewal *Renew `json:"renewal,omitempty"`
+	// Store is the lease store: StoreEtcd or StoreKubernetes. Etcd's Up
+	// is the store's connection, whichever it is.
+	Store       string      `json:"store"`
+	Etcd        Etcd        `json:"etcd"`
+	Kubernetes  *Kubernetes `json:"kubernetes,omitempty"`
+	Device      string      `json:"device,omitempty"`
+	MTU         int         `json:"mtu,omitempty"`
+	SourceCheck string      `json:"sourceCheck,omitempty"`
+	Offload     bool        `json:"offload"`
+	Offloads    Offloads    `json:"offloads"`
+	PeerTable   PeerTable   `json:"peerTable"`
+	Firewall    *Firewall   `json:"firewall,omitempty"`
 	// FastPath is nil until the node says how it set the fast path up.
 	FastPath *FastPath `json:"fastPath,omitempty"`
 	// Peers is left out by /status?peers=0: at thousands of nodes it is
@@ -99,6 +103,27 @@ type Etcd struct {
 	WatchRestarts map[string]uint64 `json:"watchRestarts"`
 	// Requests counts what this daemon sent etcd, by gRPC method.
 	Requests map[string]uint64 `json:"requests,omitempty"`
+}
+
+// The lease stores.
+const (
+	StoreEtcd       = "etcd"
+	StoreKubernetes = "kubernetes"
+)
+
+// Kubernetes is the Kubernetes API as the lease store (-kube-subnet-mgr):
+// the leases are the Nodes.
+type Kubernetes struct {
+	Up        bool   `json:"up"`
+	Server    string `json:"server"`
+	Node      string `json:"node"`   // this node's Node
+	Synced    bool   `json:"synced"` // the first list of Nodes is in
+	LastError string `json:"lastError,omitempty"`
+	Nodes     int    `json:"nodes"`  // Nodes seen
+	Leases    int    `json:"leases"` // Nodes in the lease table, this one's too
+	// Skipped counts the Nodes that lease through the API but are not
+	// routed to, by reason (bad_public_ip, backend_type, ...).
+	Skipped map[string]int `json:"skipped"`
 }
 
 // Lease is this node's own lease.

@@ -75,10 +75,6 @@ type Store interface {
 	// GetNetworkConfig returns the raw JSON at <prefix>/config, or an error
 	// wrapping ErrNoConfig.
 	GetNetworkConfig(ctx context.Context) ([]byte, error)
-	// ListLeases returns every parsable lease and the store revision they
-	// were read at. Keys that do not parse are skipped (and logged by the
-	// implementation).
-	ListLeases(ctx context.Context) (leases []Lease, rev int64, err error)
 	// CreateLease atomically creates the lease key only if absent, attached
 	// to a fresh TTL of ttl, and returns it with ID and Expiration set. If
 	// the key exists it returns an error wrapping ErrLeaseTaken and leaves
@@ -88,6 +84,16 @@ type Store interface {
 	// returns l with the new Expiration. It returns an error wrapping
 	// ErrLeaseNotFound if the key or its TTL are gone.
 	RenewLease(ctx context.Context, l Lease) (Lease, error)
+	LeaseWatcher
+}
+
+// LeaseWatcher is the part of a store that Watch reads: every lease store
+// has it, etcd and the Kubernetes API alike.
+type LeaseWatcher interface {
+	// ListLeases returns every parsable lease and the store revision they
+	// were read at. Keys that do not parse are skipped (and logged by the
+	// implementation).
+	ListLeases(ctx context.Context) (leases []Lease, rev int64, err error)
 	// WatchLeases streams lease changes after revision fromRev to handle,
 	// in order, each batch with the revision it brings the reader to. It
 	// blocks until ctx is done (returning ctx.Err()) or the watch breaks

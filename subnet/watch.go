@@ -17,7 +17,7 @@ const (
 
 // WatchOptions parameterises Watch.
 type WatchOptions struct {
-	Store  Store
+	Store  LeaseWatcher
 	Clock  Clock // nil means RealClock
 	Logger *slog.Logger
 	// Initial and Rev are a ListLeases result: the set to start from and

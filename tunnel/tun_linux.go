@@ -4,8 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,7 +159,7 @@ func OpenTUNConfig(c TUNConfig) (Device, error) {
 		refused = t.openOffload(c)
 	}
 	if !t.vnet {
-		fd, name, err := attachTUN(c.Name, unix.IFF_TUN|unix.IFF_NO_PI)
+		fd, name, err := attachTUN(c.Name, unix.IFF_TUN|unix.IFF_NO_PI, t.log)
 		if err != nil {
 			return nil, err
 		}
@@ -178,7 +181,7 @@ func OpenTUNConfig(c TUNConfig) (Device, error) {
 // openOffload attaches with IFF_VNET_HDR and enables the offloads. On
 // failure it closes what it opened and returns why.
 func (t *tun) openOffload(c TUNConfig) error {
-	fd, name, err := attachTUN(c.Name, unix.IFF_TUN|unix.IFF_NO_PI|unix.IFF_VNET_HDR)
+	fd, name, err := attachTUN(c.Name, unix.IFF_TUN|unix.IFF_NO_PI|unix.IFF_VNET_HDR, t.log)
 	if err != nil {
 		return err
 	}
@@ -215,16 +218,17 @@ func (t *tun) initVnet() {
 	t.wiov = make([]unix.Iovec, 0, maxRunSegments+2)
 }
 
-// attachTUN opens /dev/net/tun and attaches it to the device name with
-// flags, returning the fd and the kernel's name for the device.
-func attachTUN(name string, flags uint16) (int, string, error) {
+// attachTUN opens /dev/net/tun (creating it if missing, see cloneDevice)
+// and attaches it to the device name with flags, returning the fd and the
+// kernel's name for the device.
+func attachTUN(name string, flags uint16, log *slog.Logger) (int, string, error) {
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		return -1, "", fmt.Errorf("open tun %q: %w", name, err)
 	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	fd, err := tunClone.open(log)
 	if err != nil {
-		return -1, "", fmt.Errorf("open tun %s: open /dev/net/tun: %w", name, err)
+		return -1, "", fmt.Errorf("open tun %s: %w", name, err)
 	}
 	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
@@ -232,6 +236,95 @@ func attachTUN(name string, flags uint16) (int, string, error) {
 		return -1, "", fmt.Errorf("open tun %s: TUNSETIFF: %w%s", name, err, attachHint(name, err))
 	}
 	return fd, ifr.Name(), nil
+}
+
+// Where the TUN clone device lives, and its numbers (Documentation/
+// networking/tuntap.rst): character device 10:200.
+const (
+	tunPath  = "/dev/net/tun"
+	tunMajor = 10
+	tunMinor = 200
+	// tunMode is the mode of the node weft creates: the kernel's own
+	// (devtmpfs makes it crw------- root), not udev's 0666. weft runs as
+	// root, as flanneld's containers do, and is the only user of the
+	// container's /dev; 0666 would let any other user there attach to a
+	// persistent TUN without an owner (TUNSETIFF checks CAP_NET_ADMIN only
+	// to create one, or to attach to one owned by someone else).
+	tunMode = 0o600
+)
+
+// cloneDevice opens the TUN clone device at path. A container's /dev
+// (kube-flannel.yml's securityContext: not privileged, no device mounted)
+// has no net/tun, though the runtime's device cgroup allows c 10:200 and
+// its default capabilities include CAP_MKNOD: flanneld fails there
+// (flannel-io/flannel#1267); weft creates the node the kernel would, and
+// opens it.
+type cloneDevice struct {
+	path  string
+	mknod func(path string, mode uint32, dev int) error // unix.Mknod but in tests
+}
+
+// tunClone is the real device; tests open others.
+var tunClone = cloneDevice{path: tunPath, mknod: unix.Mknod}
+
+// open opens the clone device, creating it first if it is missing (said
+// at INFO). It fails with one error naming the fix when it cannot.
+func (c cloneDevice) open(log *slog.Logger) (int, error) {
+	fd, err := unix.Open(c.path, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err == nil {
+		return fd, nil
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		return -1, fmt.Errorf("open %s: %w", c.path, err)
+	}
+	if cerr := c.create(); cerr != nil {
+		fix := "mount the host's " + tunPath + " into the container (Kubernetes: a hostPath volume of type CharDevice)"
+		if errors.Is(cerr, unix.EPERM) {
+			fix = "give the container CAP_MKNOD (a default of containerd and Docker, not of CRI-O) or " + fix
+		}
+		return -1, fmt.Errorf("open %s: %w, and creating it failed (%w): %s", c.path, err, cerr, fix)
+	}
+	log.Info("created the missing TUN clone device", "path", c.path,
+		"device", fmt.Sprintf("c %d:%d", tunMajor, tunMinor), "mode", fmt.Sprintf("%#o", tunMode))
+	fd, err = unix.Open(c.path, unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		hint := ""
+		switch {
+		case errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENXIO):
+			hint = ": the kernel has no TUN driver (CONFIG_TUN; modprobe tun on the host)"
+		case errors.Is(err, unix.EPERM), errors.Is(err, unix.EACCES):
+			hint = fmt.Sprintf(": the container's device cgroup does not allow c %d:%d (a runtime's default rules do), or its /dev is mounted nodev",
+				tunMajor, tunMinor)
+		}
+		return -1, fmt.Errorf("open %s (created by weft): %w%s", c.path, err, hint)
+	}
+	return fd, nil
+}
+
+// create makes the clone device's node and its directory. Another process
+// creating it first is no failure.
+func (c cloneDevice) create() error {
+	dir := filepath.Dir(c.path)
+	if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err // *PathError: "mkdir /dev/net: read-only file system"
+		}
+		if err := os.Chmod(dir, 0o755); err != nil { // whatever the umask
+			return err
+		}
+	}
+	err := c.mknod(c.path, unix.S_IFCHR|tunMode, int(unix.Mkdev(tunMajor, tunMinor)))
+	if errors.Is(err, unix.EEXIST) {
+		return nil
+	}
+	if err != nil {
+		return &os.PathError{Op: "mknod", Path: c.path, Err: err}
+	}
+	// The umask has taken bits off the mode.
+	if err := unix.Chmod(c.path, tunMode); err != nil {
+		return &os.PathError{Op: "chmod", Path: c.path, Err: err}
+	}
+	return nil
 }
 
 // attachHint names the likely cause of a refused TUNSETIFF: the two a

@@ -1,0 +1,94 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+)
+
+// holding is a hasCap over exactly caps.
+func holding(caps ...int) func(int) bool {
+	return func(c int) bool { return slices.Contains(caps, c) }
+}
+
+// The fast path's capability check names exactly what is missing: CAP_BPF
+// (which CAP_SYS_ADMIN covers) and CAP_NET_ADMIN; not CAP_PERFMON, which
+// only some kernels' verifiers want (see TestVerifierWantsPerfmon).
+func TestMissingFastPathCaps(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		has  []int
+		want []string
+	}{
+		{"kube-flannel.yml (NET_ADMIN, NET_RAW)", []int{unix.CAP_NET_ADMIN, unix.CAP_NET_RAW}, []string{"CAP_BPF"}},
+		{"plus BPF", []int{unix.CAP_NET_ADMIN, unix.CAP_BPF}, nil},
+		{"plus BPF and PERFMON", []int{unix.CAP_NET_ADMIN, unix.CAP_BPF, unix.CAP_PERFMON}, nil},
+		{"plus SYS_ADMIN", []int{unix.CAP_NET_ADMIN, unix.CAP_SYS_ADMIN}, nil},
+		{"PERFMON alone is not BPF", []int{unix.CAP_NET_ADMIN, unix.CAP_PERFMON}, []string{"CAP_BPF"}},
+		{"nothing", nil, []string{"CAP_BPF", "CAP_NET_ADMIN"}},
+		{"BPF without NET_ADMIN", []int{unix.CAP_BPF}, []string{"CAP_NET_ADMIN"}},
+	} {
+		if got := missingFastPathCaps(holding(tc.has...)); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: missing %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// Only the verifier's own refusal (EACCES with a log), without CAP_PERFMON
+// or CAP_SYS_ADMIN, is taken for a want of CAP_PERFMON.
+func TestVerifierWantsPerfmon(t *testing.T) {
+	refusal := fmt.Errorf("fastpath: load eBPF programs: %w",
+		&ebpf.VerifierError{Cause: unix.EACCES, Log: []string{"invalid read from stack off -8+0 size 8"}})
+	other := fmt.Errorf("fastpath: load eBPF programs: %w", &ebpf.VerifierError{Cause: unix.EINVAL})
+	base := []int{unix.CAP_NET_ADMIN, unix.CAP_BPF}
+	for _, tc := range []struct {
+		name string
+		has  []int
+		err  error
+		want bool
+	}{
+		{"refused without PERFMON", base, refusal, true},
+		{"refused with PERFMON", append(base, unix.CAP_PERFMON), refusal, false},
+		{"refused with SYS_ADMIN", append(base, unix.CAP_SYS_ADMIN), refusal, false},
+		{"EINVAL", base, other, false},
+		{"EACCES without a verifier log", base, fmt.Errorf("load: %w", unix.EACCES), false},
+	} {
+		if got := verifierWantsPerfmon(holding(tc.has...), tc.err); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// The WARN's reason keeps naming CAP_BPF (what TestE2EFastPathFallback and
+// -fast-path=on's exit look for), and its fix names the grant in both a
+// systemd unit and a Kubernetes manifest.
+func TestMissingCapsError(t *testing.T) {
+	e := &missingCapsError{missing: []string{"CAP_BPF"}}
+	if msg := e.Error(); msg != "missing CAP_BPF, which loading and attaching the fast path's eBPF programs needs" {
+		t.Errorf("error %q", msg)
+	}
+	for _, tc := range []struct {
+		missing []string
+		want    []string
+	}{
+		{[]string{"CAP_BPF"}, []string{"AmbientCapabilities=", "add CAP_BPF to", "securityContext.capabilities.add: [BPF]", "CAP_SYS_ADMIN", "-fast-path=off"}},
+		{[]string{"CAP_BPF", "CAP_NET_ADMIN"}, []string{"add CAP_BPF CAP_NET_ADMIN to AmbientCapabilities=", "securityContext.capabilities.add: [BPF, NET_ADMIN]"}},
+	} {
+		fix := (&missingCapsError{missing: tc.missing}).fix()
+		for _, w := range tc.want {
+			if !strings.Contains(fix, w) {
+				t.Errorf("fix for %v: %q does not say %q", tc.missing, fix, w)
+			}
+		}
+	}
+	cause := fmt.Errorf("load: %w", &ebpf.VerifierError{Cause: unix.EACCES})
+	e = &missingCapsError{missing: []string{"CAP_PERFMON"}, err: cause}
+	if !errors.Is(e, unix.EACCES) || !strings.HasPrefix(e.Error(), "missing CAP_PERFMON, which") || !strings.HasSuffix(e.Error(), "on this kernel: "+cause.Error()) {
+		t.Errorf("error %q (%v)", e, errors.Is(e, unix.EACCES))
+	}
+}
