@@ -14,7 +14,7 @@ FUZZTIME      ?= 10000x
 FUZZTIME_LONG ?= 100000x
 PREFIX   ?= /usr/local
 
-.PHONY: all build demo bench soak scale test check unit fuzz fuzz-long microbench generate generate-check clean install
+.PHONY: all build demo bench soak scale kube-scale test check unit fuzz fuzz-long microbench generate generate-check clean install
 
 all: build
 
@@ -70,6 +70,14 @@ scale: build
 	@command -v ping >/dev/null || { echo "scale needs ping: apt-get install -y iputils-ping"; exit 1; }
 	@[ "$$(id -u)" = 0 ] || { echo "scale needs root (network namespaces): sudo make scale"; exit 1; }
 	./bin/weftlab scale -weft ./bin/weft -sizes $${SCALE_SIZES:-100,1000,5000} -churn $${SCALE_CHURN:-20s} -out bench/results
+
+# The Kubernetes control plane at 5,000 Nodes (not part of test, a few
+# minutes): one weft -kube-subnet-mgr, and with WEFT_FLANNELD=path a stock
+# flanneld beside it, on a real kube-apiserver; writes
+# bench/results/kube-scale.md. KUBE_SCALE sets the Nodes.
+kube-scale: build kube-apiserver
+	@[ "$$(id -u)" = 0 ] || { echo "kube-scale needs root (network namespaces): sudo make kube-scale"; exit 1; }
+	WEFT_KUBE_SCALE=$${KUBE_SCALE:-5000} $(GO) test -count=1 -timeout 20m -run '^TestKubeScale$$' -v ./bench/scale/
 
 test: check unit fuzz
 

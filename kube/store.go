@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"sync"
@@ -145,6 +146,11 @@ func (s *Store) Start(ctx context.Context, network netip.Prefix) {
 			s.synced = true
 			s.wake()
 			s.mu.Unlock()
+			// The first list decodes every whole Node before the
+			// transform slims it: tens of MiB at 5,000 Nodes, garbage at
+			// once but held by the runtime for minutes. Give it back now
+			// (measured at 5,000 Nodes: RSS 74.1 MiB without this, 69.9 with).
+			debug.FreeOSMemory()
 		}
 	}()
 }

@@ -636,9 +636,20 @@ func (c *capture) run() {
 	defer close(c.done)
 	buf := make([]byte, 1<<16)
 	oob := make([]byte, 256)
-	for !c.stop.Load() {
-		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, unix.MSG_TRUNC)
+	for {
+		// Once stopped, what is still queued is read too: on a loaded
+		// machine this loop can trail the wire by more than the wait
+		// before the stop (a CI run lost all 2000 UDP datagrams so).
+		flags := unix.MSG_TRUNC
+		stopping := c.stop.Load()
+		if stopping {
+			flags |= unix.MSG_DONTWAIT
+		}
+		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, flags)
 		if err != nil {
+			if errors.Is(err, unix.EAGAIN) && stopping {
+				return
+			}
 			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 				continue
 			}
