@@ -20,31 +20,13 @@ import (
 	"github.com/weft-net/weft/subnet"
 )
 
-// flannelRules are kube-flannel.yml's ClusterRole flannel.
-var flannelRules = []rbacv1.PolicyRule{
-	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
-	{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
-	{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
-}
+var flannelRules = kubetest.FlannelRules
 
-// grant binds rules to the ServiceAccount kube-flannel/name through a
-// ClusterRole of the same name and returns a client config with its token,
-// as the DaemonSet's pod gets.
+// grant binds rules to the ServiceAccount kube-flannel/name and returns a
+// client config with its token, as the DaemonSet's pod gets.
 func grant(t *testing.T, s *kubetest.Server, name string, rules []rbacv1.PolicyRule) *rest.Config {
 	t.Helper()
-	ctx := t.Context()
-	token := s.ServiceAccountToken(t, "kube-flannel", name)
-	rbac := s.Admin().RbacV1()
-	if _, err := rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: "kube-flannel"}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	token := s.Grant(t, "kube-flannel", name, rules)
 	return &rest.Config{Host: s.URL, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAData: s.CAData}}
 }
 

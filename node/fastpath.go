@@ -48,13 +48,11 @@ func (n *node) startFastPath(lease subnet.Lease) (dataplane.Plane, error) {
 		}
 		st.Reason = err.Error()
 		n.health.SetFastPath(st)
+		attrs := []any{"reason", err, "fix", "run with CAP_BPF on Linux 5.10 or later, or set -fast-path=off to say this is intended"}
 		if mc, ok := errors.AsType[*missingCapsError](err); ok {
-			n.log.Warn("kernel fast path not running: the userspace path carries all traffic",
-				"missing", strings.Join(mc.missing, ","), "reason", err, "fix", mc.fix())
-			return nil, nil
+			attrs = []any{"missing", strings.Join(mc.missing, ","), "reason", err, "fix", mc.fix()}
 		}
-		n.log.Warn("kernel fast path not running: the userspace path carries all traffic", "reason", err,
-			"fix", "run with CAP_BPF on Linux 5.10 or later, or set -fast-path=off to say this is intended")
+		n.log.Warn("kernel fast path not running: the userspace path carries all traffic", attrs...)
 		return nil, nil
 	}
 	st.Running, st.Attach, st.SuperPackets = true, info.Attach, info.SuperPackets

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -148,22 +147,7 @@ func TestKubeScale(t *testing.T) {
 }
 
 func kubeScaleAccess(t *testing.T, api *kubetest.Server) (kubeconfig, netConf string) {
-	ctx := t.Context()
-	rbac := api.Admin().RbacV1()
-	if _, err := rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "flannel"}, Rules: []rbacv1.PolicyRule{
-		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
-		{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
-		{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
-	}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "flannel"},
-		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "flannel"},
-		Subjects: []rbacv1.Subject{{Kind: "ServiceAccount", Name: "flannel", Namespace: "kube-flannel"}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig = api.Kubeconfig(t, api.ServiceAccountToken(t, "kube-flannel", "flannel"))
+	kubeconfig = api.Kubeconfig(t, api.Grant(t, "kube-flannel", "flannel", kubetest.FlannelRules))
 	netConf = filepath.Join(t.TempDir(), "net-conf.json")
 	if err := os.WriteFile(netConf, []byte(`{"Network": "198.19.0.0/16", "EnableNFTables": true, "Backend": {"Type": "udp"}}`), 0o644); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -102,4 +103,34 @@ func (s *Server) SetPodCIDR(t testing.TB, name, cidr string) {
 	if _, err := s.admin.CoreV1().Nodes().Patch(c, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatalf("kubetest: set podCIDR %s on node %s: %v", cidr, name, err)
 	}
+}
+
+// FlannelRules are kube-flannel.yml's ClusterRole flannel: all that
+// flanneld, and weft, may do.
+var FlannelRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}},
+	{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get", "list", "watch"}},
+	{APIGroups: []string{""}, Resources: []string{"nodes/status"}, Verbs: []string{"patch"}},
+}
+
+// Grant binds rules to the ServiceAccount namespace/name, through a
+// ClusterRole and a ClusterRoleBinding of its name, and returns a token for
+// it (ServiceAccountToken), as the DaemonSet's pod would have.
+func (s *Server) Grant(t testing.TB, namespace, name string, rules []rbacv1.PolicyRule) string {
+	t.Helper()
+	token := s.ServiceAccountToken(t, namespace, name)
+	c, cancel := ctx(t)
+	defer cancel()
+	rbac := s.admin.RbacV1()
+	if _, err := rbac.ClusterRoles().Create(c, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("kubetest: create ClusterRole %s: %v", name, err)
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(c, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: name, Namespace: namespace}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("kubetest: create ClusterRoleBinding %s: %v", name, err)
+	}
+	return token
 }
