@@ -14,7 +14,7 @@ FUZZTIME      ?= 10000x
 FUZZTIME_LONG ?= 100000x
 PREFIX   ?= /usr/local
 
-.PHONY: all build demo bench soak scale kube-scale test check unit fuzz fuzz-long microbench generate generate-check clean install
+.PHONY: all build demo bench soak scale kube-scale kernel-matrix test check unit fuzz fuzz-long microbench generate generate-check clean install
 
 all: build
 
@@ -72,12 +72,12 @@ scale: build
 	./bin/weftlab scale -weft ./bin/weft -sizes $${SCALE_SIZES:-100,1000,5000} -churn $${SCALE_CHURN:-20s} -out bench/results
 
 # The Kubernetes control plane at 5,000 Nodes (not part of test, a few
-# minutes): one weft -kube-subnet-mgr, and with WEFT_FLANNELD=path a stock
-# flanneld beside it, on a real kube-apiserver; writes
+# minutes): one weft -kube-subnet-mgr and a stock flanneld beside it
+# (make flanneld, or WEFT_FLANNELD=path), on a real kube-apiserver; writes
 # bench/results/kube-scale.md. KUBE_SCALE sets the Nodes.
-kube-scale: build kube-apiserver
+kube-scale: build kube-apiserver $(UNIT_FLANNELD)
 	@[ "$$(id -u)" = 0 ] || { echo "kube-scale needs root (network namespaces): sudo make kube-scale"; exit 1; }
-	WEFT_KUBE_SCALE=$${KUBE_SCALE:-5000} $(GO) test -count=1 -timeout 20m -run '^TestKubeScale$$' -v ./bench/scale/
+	WEFT_FLANNELD=$${WEFT_FLANNELD:-$(if $(UNIT_FLANNELD),$(CURDIR)/$(UNIT_FLANNELD))} WEFT_KUBE_SCALE=$${KUBE_SCALE:-5000} $(GO) test -count=1 -timeout 20m -run '^TestKubeScale$$' -v ./bench/scale/
 
 test: check unit fuzz
 
@@ -116,15 +116,65 @@ $(KUBE_APISERVER):
 	@mkdir -p bin
 	cd kube/apiserver && CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(KUBE_MINOR)" -o $(CURDIR)/$@ k8s.io/kubernetes/cmd/kube-apiserver
 
+# Stock flanneld (udp backend: cgo, amd64) for the mixed weft/flanneld
+# clusters in bench/lab (etcd and --kube-subnet-mgr) and beside weft in
+# kube-scale, built once into bin/ from flannel's release module on the Go
+# module proxy: about 5 minutes cold. The TencentCloud VPC backend is left
+# out: its SDK module is not on every proxy, and no test uses it.
+# WEFT_FLANNELD=path uses another flanneld instead.
+FLANNEL_VERSION := v0.28.10
+FLANNELD        := bin/flanneld-$(FLANNEL_VERSION)
+
+.PHONY: flanneld
+flanneld: $(FLANNELD)
+
+$(FLANNELD):
+	@mkdir -p bin
+	@set -e; tmp=$$(mktemp -d); trap 'chmod -R u+w "$$tmp"; rm -rf "$$tmp"' EXIT; \
+	  cd "$$tmp" && $(GO) mod init flanneld-build >/dev/null 2>&1; \
+	  dir=$$($(GO) mod download -json github.com/flannel-io/flannel@$(FLANNEL_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	  [ -n "$$dir" ] || { echo "flanneld: go mod download github.com/flannel-io/flannel@$(FLANNEL_VERSION) gave no source"; exit 1; }; \
+	  cp -r "$$dir" src && chmod -R u+w src && cd src; \
+	  sed -i '\|"github.com/flannel-io/flannel/pkg/backend/tencentvpc"|d' main.go; \
+	  echo "building stock flanneld $(FLANNEL_VERSION) into $@"; \
+	  CGO_ENABLED=1 $(GO) build -trimpath -ldflags "-X github.com/flannel-io/flannel/pkg/version.Version=$(FLANNEL_VERSION)" -o $(CURDIR)/$@ .
+
+# flanneld's udp backend is amd64-only: elsewhere the mixed tests skip.
+ifeq ($(shell $(GO) env GOARCH),amd64)
+UNIT_FLANNELD := $(FLANNELD)
+endif
+
 # Unit, etcd and (as root) namespace end-to-end tests, with the race detector.
 # Most of their time is waiting (on daemons' timers, etcd outages, backoffs),
 # not CPU: four packages run at once and up to four of a package's parallel
 # tests (bench/lab's waiting ones), even on 2 CPUs.
 UNITFLAGS ?= -p 4 -parallel 4
-unit: $(KUBE_APISERVER)
+unit: $(KUBE_APISERVER) $(UNIT_FLANNELD)
 	@if [ "$$(id -u)" = 0 ] && ! command -v ping >/dev/null; then \
 	  echo "end-to-end tests need ping: apt-get install -y iputils-ping"; exit 1; fi
-	$(GO) test -race -count=1 $(UNITFLAGS) -timeout 20m ./...
+	WEFT_FLANNELD=$${WEFT_FLANNELD:-$(if $(UNIT_FLANNELD),$(CURDIR)/$(UNIT_FLANNELD))} $(GO) test -race -count=1 $(UNITFLAGS) -timeout 20m ./...
+
+# The kernel matrix (bench/vm, about 3 minutes once the kernel is cached):
+# Debian 12's Linux 6.1 under qemu (TCG, no network device) on this
+# machine's root, read-only: bench/lab's fast-path tests as root and with
+# the shipped unit's capabilities, and real systemd running the unit. The
+# kernel is the newest linux-image-6.1.0-*-amd64 apt serves, downloaded (not
+# installed) and unpacked into bin/kernels/ once; KERNEL_PKG picks another.
+VM_KERNELS := bin/kernels
+kernel-matrix:
+	@for c in qemu-system-x86_64 busybox depmod; do command -v $$c >/dev/null || \
+	  { echo "kernel-matrix needs $$c: apt-get install -y qemu-system-x86 busybox-static kmod"; exit 1; }; done
+	@set -e; pkg=$${KERNEL_PKG:-$$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$$' | cut -d' ' -f1 | sort -V | tail -1)}; \
+	  [ -n "$$pkg" ] || { echo "kernel-matrix: apt knows no linux-image-6.1.0-*-amd64 (Debian 12's): apt-get update"; exit 1; }; \
+	  dir=$(CURDIR)/$(VM_KERNELS)/$$pkg; \
+	  if [ ! -e "$$dir/.done" ]; then \
+	    rm -rf "$$dir" && mkdir -p "$$dir"; \
+	    (cd "$$dir" && apt-get download -q "$$pkg" 2>&1 | grep -v "^W: Download is performed unsandboxed" || true); \
+	    dpkg-deb -x "$$dir"/*.deb "$$dir" && rm -f "$$dir"/*.deb; \
+	    depmod -b "$$dir" "$${pkg#linux-image-}" && touch "$$dir/.done"; \
+	  fi; \
+	  echo "kernel matrix on $$pkg"; \
+	  WEFT_VM_KERNEL="$$dir" $(GO) test -count=1 -timeout 30m -v ./bench/vm/
 
 # Every fuzz target, each for FUZZTIME executions. The targets are the
 # func FuzzXxx(*testing.F) in each package's test files for this platform

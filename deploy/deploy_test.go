@@ -404,8 +404,8 @@ func TestClusterRole(t *testing.T) {
 var flannelArgs = []string{"--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"}
 
 // wantCaps are the capabilities the container adds: flannel's NET_ADMIN
-// and NET_RAW, and the fast path's BPF and PERFMON.
-var wantCaps = []corev1.Capability{"NET_ADMIN", "NET_RAW", "BPF", "PERFMON"}
+// and NET_RAW, and the fast path's BPF.
+var wantCaps = []corev1.Capability{"NET_ADMIN", "NET_RAW", "BPF"}
 
 // TestDaemonSet: weft runs where and as flanneld runs, unprivileged with
 // exactly the capabilities it needs.

@@ -140,14 +140,14 @@ type Counters struct {
 
 // Counters reads the per-CPU counters.
 func (p *Programs) Counters() (Counters, error) {
+	var per []weftCounters // one per possible CPU
+	if err := p.objs.Counters.Lookup(uint32(0), &per); err != nil {
+		return Counters{}, fmt.Errorf("fastpath: read counters: %w", err)
+	}
 	var sums [numCounters]uint64
-	for i := range sums {
-		var per []uint64
-		if err := p.objs.Counters.Lookup(uint32(i), &per); err != nil {
-			return Counters{}, fmt.Errorf("fastpath: read counter %d: %w", i, err)
-		}
-		for _, v := range per {
-			sums[i] += v
+	for _, cpu := range per {
+		for i := range sums {
+			sums[i] += cpu.N[i]
 		}
 	}
 	return Counters{TxPackets: sums[ctrTxPackets], TxBytes: sums[ctrTxBytes], RxPackets: sums[ctrRxPackets],

@@ -25,6 +25,11 @@ type weftConfig struct {
 	Tun         uint32
 }
 
+type weftCounters struct {
+	_ structs.HostLayout
+	N [9]uint64
+}
+
 type weftLpmKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -44,6 +49,7 @@ const (
 	weftMapConfig     = "config"
 	weftMapCounters   = "counters"
 	weftMapPeers      = "peers"
+	weftMapScratch    = "scratch"
 	weftProgWeftDecap = "weft_decap"
 	weftProgWeftEncap = "weft_encap"
 )
@@ -101,6 +107,7 @@ type weftMapSpecs struct {
 	Config   *ebpf.MapSpec `ebpf:"config"`
 	Counters *ebpf.MapSpec `ebpf:"counters"`
 	Peers    *ebpf.MapSpec `ebpf:"peers"`
+	Scratch  *ebpf.MapSpec `ebpf:"scratch"`
 }
 
 // weftVariableSpecs contains global variables before they are loaded into the kernel.
@@ -132,6 +139,7 @@ type weftMaps struct {
 	Config   *ebpf.Map `ebpf:"config"`
 	Counters *ebpf.Map `ebpf:"counters"`
 	Peers    *ebpf.Map `ebpf:"peers"`
+	Scratch  *ebpf.Map `ebpf:"scratch"`
 }
 
 func (m *weftMaps) Close() error {
@@ -139,6 +147,7 @@ func (m *weftMaps) Close() error {
 		m.Config,
 		m.Counters,
 		m.Peers,
+		m.Scratch,
 	)
 }
 

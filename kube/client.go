@@ -20,7 +20,6 @@ import (
 	"github.com/go-logr/logr"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2"
 )
@@ -92,7 +91,7 @@ func apiError(err error, request, object string) error {
 // resolveNode returns the Node's name: $NODE_NAME, else the node the pod
 // $POD_NAMESPACE/$POD_NAME is scheduled on, retrying while the API server
 // does not answer.
-func resolveNode(ctx context.Context, client kubernetes.Interface, c Config, log *slog.Logger) (string, error) {
+func resolveNode(ctx context.Context, client *coreClient, c Config, log *slog.Logger) (string, error) {
 	if c.NodeName != "" {
 		return c.NodeName, nil
 	}
@@ -104,7 +103,7 @@ func resolveNode(ctx context.Context, client kubernetes.Interface, c Config, log
 	delay := 500 * time.Millisecond
 	var last string
 	for {
-		pod, err := client.CoreV1().Pods(c.PodNamespace).Get(ctx, c.PodName, metav1.GetOptions{})
+		pod, err := client.Pods(c.PodNamespace).Get(ctx, c.PodName, metav1.GetOptions{})
 		if err == nil {
 			if pod.Spec.NodeName == "" {
 				return "", fmt.Errorf("pod %s is not scheduled on a node (spec.nodeName empty)", obj)

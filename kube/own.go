@@ -173,7 +173,7 @@ func (s *Store) patchStatus(ctx context.Context, patch map[string]any) error {
 	}
 	pctx, cancel := context.WithTimeout(ctx, patchTimeout)
 	defer cancel()
-	n, err := s.client.CoreV1().Nodes().Patch(pctx, s.node, types.StrategicMergePatchType, data, metav1.PatchOptions{}, "status")
+	n, err := s.client.Nodes().Patch(pctx, s.node, types.StrategicMergePatchType, data, metav1.PatchOptions{}, "status")
 	if err != nil {
 		return apiError(err, "patch nodes/status", s.node)
 	}

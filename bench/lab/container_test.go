@@ -283,10 +283,10 @@ func TestE2EContainerUserspace(t *testing.T) {
 }
 
 // TestE2EContainerFastPath: the same container with the capabilities the
-// fast path needs on this kernel added runs it: BPF alone (CAP_NET_ADMIN
-// the manifest has), BPF and PERFMON (what deploy/'s manifest adds, for
-// Linux 6.1's verifier), or SYS_ADMIN instead; the kernel path carries
-// traffic and nothing is said at WARN. PERFMON without BPF does not do.
+// fast path needs added runs it: BPF alone (what deploy/'s manifest adds;
+// CAP_NET_ADMIN the manifest has), BPF and PERFMON, or SYS_ADMIN instead;
+// the kernel path carries traffic and nothing is said at WARN. PERFMON
+// without BPF does not do.
 func TestE2EContainerFastPath(t *testing.T) {
 	t.Parallel()
 	requireSetpriv(t)

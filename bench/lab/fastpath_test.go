@@ -207,9 +207,10 @@ func TestE2EFastPathMixed(t *testing.T) {
 		sub[i] = subnetOf(t, l, i)
 	}
 
+	attach := wantAttach(t)
 	for _, i := range []int{0, 2} {
-		if _, fp := fastPathOf(t, l, i); !fp.Running || fp.Attach != "tcx" || fp.Mode != "auto" || fp.Reason != "" {
-			t.Errorf("n%d fastPath %+v, want running, attached by tcx, mode auto", i, fp)
+		if _, fp := fastPathOf(t, l, i); !fp.Running || fp.Attach != attach || fp.Mode != "auto" || fp.Reason != "" {
+			t.Errorf("n%d fastPath %+v, want running, attached by %s, mode auto", i, fp, attach)
 		}
 		if v := leaseValue(t, l, sub[i]); !strings.Contains(v, kernelDecapAdvert) {
 			t.Errorf("n%d lease %s does not advertise %s", i, v, kernelDecapAdvert)

@@ -123,9 +123,9 @@ func TestKubeScale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	report := fmt.Sprintf("# weft -kube-subnet-mgr at %d Nodes\n\n`sudo make kube-scale` on %s, kube-apiserver %s on an embedded etcd, %s, weft %s. "+
+	report := fmt.Sprintf("# weft -kube-subnet-mgr at %d Nodes\n\n`sudo make kube-scale` on %s, kube-apiserver %s on an embedded etcd, %s, %s, stock flanneld %s. "+
 		"Nodes as kubelet writes them (labels, addresses, capacity, conditions, 30 images, managedFields), %d written in %v.\n\n"+
-		"| | weft | stock flanneld |\n|---|---|---|\n", size, hostInfo(), kubetest.Version, time.Now().UTC().Format("2006-01-02 15:04 UTC"), weftVersion(weftBin), size, write.Round(time.Millisecond))
+		"| | weft | stock flanneld |\n|---|---|---|\n", size, hostInfo(), kubetest.Version, time.Now().UTC().Format("2006-01-02 15:04 UTC"), weftVersion(weftBin), flanneldVersion(), size, write.Round(time.Millisecond))
 	fl := flanneldScale(t, l, kubeconfig, netConf)
 	report += fmt.Sprintf("| start to every peer in the table | %v | %s |\n", allPeers.Round(time.Millisecond), fl.start)
 	report += fmt.Sprintf("| start to ready (subnet.env) | %v | %s |\n", ready.Round(time.Millisecond), fl.ready)
@@ -186,7 +186,7 @@ func waitKubePeers(t *testing.T, l *lab.Lab, want int, since time.Time) time.Dur
 			return time.Since(since)
 		}
 		if time.Since(since) > 2*time.Minute {
-			t.Fatalf("weft's table did not reach %d peers in 2 minutes", want)
+			t.Fatalf("weft's table did not reach %d peers in 2 minutes; weft's log:\n%s", want, l.Log(0))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -262,6 +262,20 @@ func flanneldScale(t *testing.T, l *lab.Lab, kubeconfig, netConf string) flannel
 func hostInfo() string {
 	k, _ := os.ReadFile("/proc/sys/kernel/osrelease")
 	return fmt.Sprintf("%d CPUs, Linux %s", runtime.NumCPU(), strings.TrimSpace(string(k)))
+}
+
+// flanneldVersion is what WEFT_FLANNELD's -version prints (flanneld
+// writes it to stderr).
+func flanneldVersion() string {
+	bin := os.Getenv("WEFT_FLANNELD")
+	if bin == "" {
+		return "not run"
+	}
+	out, err := exec.Command(bin, "-version").CombinedOutput()
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func weftVersion(bin string) string {

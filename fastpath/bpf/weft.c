@@ -84,24 +84,52 @@ struct {
 	__type(value, struct peer);
 } peers SEC(".maps");
 
+struct counters {
+	__u64 n[NUM_COUNTERS];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NUM_COUNTERS);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct counters);
 } counters SEC(".maps");
 
-static __always_inline void count(__u32 idx, __u64 n)
+// What the programs would otherwise build on the stack: a map key and the
+// route lookup's parameters. No program writes its stack: Linux 6.1's
+// verifier, for a loader without CAP_PERFMON (the shipped unit's
+// capabilities), refuses a narrow stack store into a slot it tracks as a
+// spilled register ("attempt to corrupt spilled pointer on stack"), and
+// where clang puts which store is its choice, not ours. Per CPU, and the
+// programs never nest on one CPU (both run with bottom halves off), so one
+// run's scratch is its own. fastpath_test.go checks the object for stack
+// stores.
+struct scratch {
+	struct lpm_key key;
+	struct bpf_fib_lookup fib;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__uint(value_size, sizeof(struct scratch)); // by size: bpf2go has no Go type for bpf_fib_lookup's unions
+} scratch SEC(".maps");
+
+// The key of the one-element arrays, in .rodata rather than on the stack.
+static const __u32 zero = 0;
+
+static __always_inline void count(struct counters *c, __u32 idx, __u64 n)
 {
-	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
-	if (c)
-		*c += n;
+	if (idx < NUM_COUNTERS)
+		c->n[idx] += n;
 }
 
-static __always_inline struct peer *peer_of(__be32 addr)
+static __always_inline struct peer *peer_of(struct scratch *s, __be32 addr)
 {
-	struct lpm_key key = {.prefixlen = 32, .addr = addr};
-	return bpf_map_lookup_elem(&peers, &key);
+	s->key.prefixlen = 32;
+	s->key.addr = addr;
+	return bpf_map_lookup_elem(&peers, &s->key);
 }
 
 static __always_inline __u16 ip_csum(struct iphdr *ip)
@@ -116,12 +144,6 @@ static __always_inline __u16 ip_csum(struct iphdr *ip)
 	return ~sum;
 }
 
-struct outer {
-	struct ethhdr eth;
-	struct iphdr ip;
-	struct udphdr udp;
-} __attribute__((packed));
-
 // weft_encap runs at egress of weft's TUN, where a packet starts at its
 // IPv4 header. A packet for a peer that decapsulates in its kernel, whose
 // next hop is resolved, leaves as one datagram (a GSO packet as one per
@@ -131,31 +153,32 @@ int weft_encap(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct iphdr *inner = data;
-	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!cfg || (void *)(inner + 1) > end || inner->version != 4)
+	struct counters *c = bpf_map_lookup_elem(&counters, &zero);
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!cfg || !c || !s || (void *)(inner + 1) > end || inner->version != 4)
 		return TC_ACT_UNSPEC;
-	struct peer *p = peer_of(inner->daddr);
+	struct peer *p = peer_of(s, inner->daddr);
 	if (!p || !(p->flags & PEER_KERNEL_DECAP)) {
-		count(PASS_NO_PEER, 1);
+		count(c, PASS_NO_PEER, 1);
 		return TC_ACT_UNSPEC;
 	}
 	if ((cfg->flags & CFG_GSO_TO_USERSPACE) && skb->gso_size) {
-		count(PASS_GSO, 1);
+		count(c, PASS_GSO, 1);
 		return TC_ACT_UNSPEC;
 	}
 	__be32 to = p->addr;
-	struct bpf_fib_lookup fib = {
-		.family = AF_INET,
-		.ipv4_src = cfg->local,
-		.ipv4_dst = to,
-		.ifindex = cfg->underlay,
-	};
-	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS) {
+	struct bpf_fib_lookup *fib = &s->fib;
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->ipv4_src = cfg->local;
+	fib->ipv4_dst = to;
+	fib->ifindex = cfg->underlay;
+	if (bpf_fib_lookup(skb, fib, sizeof(*fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS) {
 		// Not resolved (or no route, or forwarding off on the underlay,
 		// which the lookup requires): weft's socket sends it, and that
 		// resolves the neighbour for the next packets.
-		count(PASS_NO_NEIGH, 1);
+		count(c, PASS_NO_NEIGH, 1);
 		return TC_ACT_UNSPEC;
 	}
 	__u32 len = skb->len; // the inner packet (for a GSO packet, all of it)
@@ -166,37 +189,41 @@ int weft_encap(struct __sk_buff *skb)
 				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
 					BPF_F_ADJ_ROOM_ENCAP_L4_UDP) ||
 	    bpf_skb_change_head(skb, sizeof(struct ethhdr), 0)) {
-		count(ERRORS, 1);
+		count(c, ERRORS, 1);
 		return TC_ACT_SHOT;
 	}
-	struct iphdr oip = {
-		.version = 4,
-		.ihl = 5,
-		.tot_len = bpf_htons(len + OVERHEAD),
-		.frag_off = bpf_htons(IP_DF), // as weft's connected socket sends
-		.ttl = 64,
-		.protocol = IPPROTO_UDP,
-		.saddr = cfg->local,
-		.daddr = to,
-	};
-	oip.check = ip_csum(&oip);
-	struct outer h = {.ip = oip};
-	__builtin_memcpy(h.eth.h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(h.eth.h_source, fib.smac, ETH_ALEN);
-	h.eth.h_proto = bpf_htons(ETH_P_IP);
-	h.udp.source = cfg->port;
-	h.udp.dest = cfg->port;
-	h.udp.len = bpf_htons(len + sizeof(struct udphdr));
-	h.udp.check = 0; // valid on IPv4: the inner packet carries its own
-	if (bpf_skb_store_bytes(skb, 0, &h, sizeof(h), 0)) {
-		count(ERRORS, 1);
+	// The outer headers, every byte of the room, written in the packet.
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip = (void *)(eth + 1);
+	struct udphdr *udp = (void *)(ip + 1);
+	if ((void *)(udp + 1) > end) {
+		count(c, ERRORS, 1);
 		return TC_ACT_SHOT;
 	}
-	count(TX_PACKETS, 1);
-	count(TX_BYTES, len);
-	return bpf_redirect(fib.ifindex, 0);
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	eth->h_proto = bpf_htons(ETH_P_IP);
+	*(__u8 *)ip = 0x45; // version 4, five words of header
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(len + OVERHEAD);
+	ip->id = 0;
+	ip->frag_off = bpf_htons(IP_DF); // as weft's connected socket sends
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_UDP;
+	ip->check = 0;
+	ip->saddr = cfg->local;
+	ip->daddr = to;
+	ip->check = ip_csum(ip);
+	udp->source = cfg->port;
+	udp->dest = cfg->port;
+	udp->len = bpf_htons(len + sizeof(struct udphdr));
+	udp->check = 0; // valid on IPv4: the inner packet carries its own
+	count(c, TX_PACKETS, 1);
+	count(c, TX_BYTES, len);
+	return bpf_redirect(fib->ifindex, 0);
 }
-
 // weft_decap runs at ingress of the underlay. A datagram to this node's
 // address and backend port that passes weft's ingress policy exactly as
 // the userspace path applies it (one whole, well-formed IPv4 packet; its
@@ -212,9 +239,10 @@ int weft_decap(struct __sk_buff *skb)
 	struct iphdr *ip = (void *)(eth + 1);
 	struct udphdr *udp = (void *)(ip + 1);
 	struct iphdr *inner = (void *)(udp + 1);
-	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!cfg || (void *)(inner + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+	struct counters *c = bpf_map_lookup_elem(&counters, &zero);
+	struct scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!cfg || !c || !s || (void *)(inner + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_UNSPEC;
 	if (ip->version != 4 || ip->ihl != 5 || (ip->frag_off & bpf_htons(IP_OFFSET_MF)) ||
 	    ip->protocol != IPPROTO_UDP || ip->daddr != cfg->local || udp->dest != cfg->port)
@@ -225,20 +253,20 @@ int weft_decap(struct __sk_buff *skb)
 	    (inner->daddr & cfg->subnet_mask) != cfg->subnet)
 		goto pass;
 	if (cfg->source_check != SOURCE_OFF) {
-		struct peer *owner = peer_of(inner->saddr);
+		struct peer *owner = peer_of(s, inner->saddr);
 		if (!owner || (cfg->source_check == SOURCE_STRICT && owner->addr != ip->saddr))
 			goto pass;
 	}
 	// FIXED_GSO: segments stay the size the sender made them, which fit
 	// the TUN's MTU (and so the pods').
 	if (bpf_skb_adjust_room(skb, -(__s32)OVERHEAD, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO)) {
-		count(ERRORS, 1);
+		count(c, ERRORS, 1);
 		return TC_ACT_SHOT;
 	}
-	count(RX_PACKETS, 1);
-	count(RX_BYTES, payload);
+	count(c, RX_PACKETS, 1);
+	count(c, RX_BYTES, payload);
 	return bpf_redirect(cfg->tun, BPF_F_INGRESS);
 pass:
-	count(PASS_CHECK, 1);
+	count(c, PASS_CHECK, 1);
 	return TC_ACT_UNSPEC;
 }
