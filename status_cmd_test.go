@@ -31,6 +31,8 @@ func testHealth() *status.Health {
 		return dataplane.Report{Peers: 1, Counters: dataplane.Counters{TxPackets: 1200, RxPackets: 900}, PeerTraffic: []dataplane.PeerTraffic{{Peer: peer}}}
 	}})
 	h.SetFastPath(status.FastPath{Mode: "auto", Running: true, Attach: "tcx"})
+	h.SetKernel(status.Kernel{Release: "6.18.44-fc-v1294", Features: []status.KernelFeature{
+		{Name: "tcx", Since: "6.6", Detected: true, Detail: "in use", Without: "the fast path attaches by clsact"}}})
 	h.SetFirewall(status.Firewall{ForwardRules: true, InPlace: true, ForwardDrops: []string{"table inet firewalld chain filter_FORWARD"},
 		Joined: []string{"iptables-nft filter FORWARD"}})
 	h.SetReady()
@@ -55,7 +57,7 @@ func TestStatusCommandOverSocket(t *testing.T) {
 		"firewall   masquerade off  forward rules on  rules in place", "DROPPED by default in table inet firewalld chain filter_FORWARD",
 		"joined iptables-nft filter FORWARD (it drops by default)",
 		"fast path  kernel, attached by tcx (-fast-path=auto)", "tx 1234 packets (kernel 1200, userspace 34)", "rx 905 packets (kernel 900, userspace 5)",
-		"PATH", "198.18.0.3  kernel"} {
+		"PATH", "198.18.0.3  kernel", "kernel     6.18.44-fc-v1294", "tcx  yes  Linux 6.6+  in use"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("status output lacks %q:\n%s", want, out.String())
 		}
@@ -64,7 +66,8 @@ func TestStatusCommandOverSocket(t *testing.T) {
 	if err := execute(context.Background(), []string{"status", "--socket", sock, "-o", "json"}, &out, &bytes.Buffer{}); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), `"publicIP": "198.18.0.2"`) || !strings.Contains(out.String(), `"fastPath": {`) {
+	if !strings.Contains(out.String(), `"publicIP": "198.18.0.2"`) || !strings.Contains(out.String(), `"fastPath": {`) ||
+		!strings.Contains(out.String(), `"kernel": {`) {
 		t.Errorf("json status:\n%s", out.String())
 	}
 	if err := execute(context.Background(), []string{"status", "--socket", filepath.Join(t.TempDir(), "none.sock")}, &out, &bytes.Buffer{}); err == nil ||
@@ -120,6 +123,37 @@ func TestPrintStatusFastPath(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The kernel section lists each feature: yes, no with what weft does
+// instead, or unknown with why (never "no" for a probe that lacked
+// privilege); a daemon from before it has none.
+func TestPrintStatusKernel(t *testing.T) {
+	s := &status.Status{Ready: true, FastPath: &status.FastPath{Mode: "auto", Running: true, Attach: "tcx"}, Kernel: &status.Kernel{Release: "6.18.44-fc-v1294", Features: []status.KernelFeature{
+		{Name: "tcx", Since: "6.6", Detected: true, Detail: "in use", Without: "the fast path attaches by clsact"},
+		{Name: "clsact", Since: "4.5", Detected: true, Without: "the fast path attaches by TCX only"},
+		{Name: "bpf_fib_lookup", Since: "4.18", Detail: "unknown (needs CAP_BPF)", Without: "no fast path: the userspace path carries all traffic"},
+		{Name: "tun_uso", Since: "6.2", Without: "UDP super-packets are segmented by the kernel before weft reads them"},
+		{Name: "udp_gro", Since: "5.0", Detail: "unknown (not probed: the -offload flags leave it off)", Without: "the userspace path receives each datagram on its own"},
+	}}}
+	var out bytes.Buffer
+	status.WriteText(&out, s, time.Now())
+	want := `fast path  kernel, attached by tcx (-fast-path=auto)
+kernel     6.18.44-fc-v1294
+           tcx             yes      Linux 6.6+   in use
+           clsact          yes      Linux 4.5+
+           bpf_fib_lookup  unknown  Linux 4.18+  (needs CAP_BPF); without it: no fast path: the userspace path carries all traffic
+           tun_uso         no       Linux 6.2+   without it: UDP super-packets are segmented by the kernel before weft reads them
+           udp_gro         unknown  Linux 5.0+   (not probed: the -offload flags leave it off); without it: the userspace path receives each datagram on its own
+`
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("output lacks\n%s\ngot:\n%s", want, out.String())
+	}
+	out.Reset()
+	status.WriteText(&out, &status.Status{Ready: true}, time.Now())
+	if strings.Contains(out.String(), "kernel") {
+		t.Errorf("a status without kernel features shows some:\n%s", out.String())
 	}
 }
 

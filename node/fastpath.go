@@ -20,8 +20,9 @@ import (
 // startFastPath starts the kernel data plane beside the userspace one, as
 // -fast-path says: nil with auto when the kernel does not allow it (said
 // once, with why; the userspace path then carries everything), an error
-// with on. It runs after the TUN exists and before any peer is published.
-func (n *node) startFastPath(lease subnet.Lease) (dataplane.Plane, error) {
+// with on. It runs after the TUN exists and before any peer is published,
+// and says how the fast path came up, as it recorded into /status.
+func (n *node) startFastPath(lease subnet.Lease) (dataplane.Plane, status.FastPath, error) {
 	mode := n.cfg.FastPath
 	if mode == "" {
 		mode = FastPathAuto
@@ -34,17 +35,17 @@ func (n *node) startFastPath(lease subnet.Lease) (dataplane.Plane, error) {
 		n.log.Info("removed the fast path's filter an earlier run left", "filter", r)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w (remove it with: tc filter del dev %s ingress pref %d)", err, n.iface.Name, fastpath.ClsactPriority)
+		return nil, st, fmt.Errorf("%w (remove it with: tc filter del dev %s ingress pref %d)", err, n.iface.Name, fastpath.ClsactPriority)
 	}
 	if mode == FastPathOff {
 		st.Reason = "-fast-path=off"
 		n.health.SetFastPath(st)
-		return nil, nil
+		return nil, st, nil
 	}
 	plane, info, err := n.hooks.openFastPath(n, lease)
 	if err != nil {
 		if mode == FastPathOn {
-			return nil, fmt.Errorf("-fast-path=on: %w (-fast-path=auto runs the userspace path alone instead)", err)
+			return nil, st, fmt.Errorf("-fast-path=on: %w (-fast-path=auto runs the userspace path alone instead)", err)
 		}
 		st.Reason = err.Error()
 		n.health.SetFastPath(st)
@@ -53,20 +54,20 @@ func (n *node) startFastPath(lease subnet.Lease) (dataplane.Plane, error) {
 			attrs = []any{"missing", strings.Join(mc.missing, ","), "reason", err, "fix", mc.fix()}
 		}
 		n.log.Warn("kernel fast path not running: the userspace path carries all traffic", attrs...)
-		return nil, nil
+		return nil, st, nil
 	}
 	st.Running, st.Attach, st.SuperPackets = true, info.Attach, info.SuperPackets
 	n.health.SetFastPath(st)
 	n.log.Info("kernel fast path attached", "attach", info.Attach, "tun", n.cfg.TunName, "underlay", n.iface.Name,
 		"super-packets", info.SuperPackets)
-	return plane, nil
+	return plane, st, nil
 }
 
 // openKernel loads the fast path's programs and attaches them to the TUN
 // and the underlay, in the node's namespace.
 func openKernel(n *node, lease subnet.Lease) (dataplane.Plane, status.FastPath, error) {
 	var info status.FastPath
-	if missing := missingFastPathCaps(hasCap); len(missing) > 0 {
+	if missing := fastpath.MissingCaps(fastpath.HasCap); len(missing) > 0 {
 		return nil, info, &missingCapsError{missing: missing}
 	}
 	link, err := n.nl.LinkByName(n.cfg.TunName)
@@ -84,7 +85,7 @@ func openKernel(n *node, lease subnet.Lease) (dataplane.Plane, status.FastPath, 
 		GSOToUserspace: gsoUser,
 	})
 	if err != nil {
-		if verifierWantsPerfmon(hasCap, err) {
+		if verifierWantsPerfmon(fastpath.HasCap, err) {
 			return nil, info, &missingCapsError{missing: []string{"CAP_PERFMON"}, err: err}
 		}
 		return nil, info, err
@@ -107,29 +108,8 @@ func openKernel(n *node, lease subnet.Lease) (dataplane.Plane, status.FastPath, 
 	return pl, info, nil
 }
 
-// missingFastPathCaps names the capabilities the fast path needs that has
-// says the process lacks. Measured on Linux 6.18 with the runtime's
-// default set plus NET_ADMIN: without CAP_BPF the kernel refuses to create
-// the maps (EPERM, which cilium/ebpf words as "MEMLOCK may be too low":
-// since Linux 5.11 eBPF memory is charged to the memory cgroup, no
-// RLIMIT_MEMLOCK or CAP_SYS_RESOURCE is involved); without CAP_NET_ADMIN
-// it refuses to load the tc programs (EPERM), and clsact's qdisc and
-// filters need it too. CAP_SYS_ADMIN covers CAP_BPF (and CAP_PERFMON), not
-// CAP_NET_ADMIN for clsact. CAP_PERFMON is not needed there: see
-// verifierWantsPerfmon.
-func missingFastPathCaps(has func(int) bool) []string {
-	var missing []string
-	if !has(unix.CAP_BPF) && !has(unix.CAP_SYS_ADMIN) {
-		missing = append(missing, "CAP_BPF")
-	}
-	if !has(unix.CAP_NET_ADMIN) {
-		missing = append(missing, "CAP_NET_ADMIN")
-	}
-	return missing
-}
-
 // verifierWantsPerfmon says whether err, from loading the programs with
-// the capabilities missingFastPathCaps asks for, is the refusal of a
+// the capabilities fastpath.MissingCaps asks for, is the refusal of a
 // verifier that wants CAP_PERFMON as well: Linux 6.1's refuses some of the
 // programs' stack stores without it (EACCES, with the verifier's log),
 // which Linux 6.18 accepts.

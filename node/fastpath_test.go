@@ -37,6 +37,12 @@ func TestNodeFastPath(t *testing.T) {
 	if f := s.FastPath; f == nil || !f.Running || f.Attach != "fake" || f.Mode != "auto" {
 		t.Errorf("status fast path: %+v, want running, attached by fake, mode auto", f)
 	}
+	// The running fast path proves its helpers, not an attach mode it did
+	// not take; offloads the flags leave off are not probed.
+	if k := s.Kernel; k == nil || k.Release == "" || len(k.Features) != 6 || !k.Features[0].Unknown() ||
+		!k.Features[1].Detected || k.Features[1].Detail != "in use" || k.Features[4].Name != "udp_gso" || !k.Features[4].Unknown() {
+		t.Errorf("status kernel: %+v", k)
+	}
 	if _, _, peers := kernel.state(); len(peers) != 2 {
 		t.Errorf("kernel plane has peers %v, want %s and %s", peers, peerA, peerB)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/dataplane"
+	"github.com/weft-net/weft/fastpath"
 	"github.com/weft-net/weft/route"
 	"github.com/weft-net/weft/status"
 	"github.com/weft-net/weft/subnet"
@@ -90,10 +91,13 @@ type hooks struct {
 	// openFastPath loads and attaches the kernel plane, returning how it
 	// is attached.
 	openFastPath func(n *node, lease subnet.Lease) (dataplane.Plane, status.FastPath, error)
+	// probeKernel finds the kernel features the fast path uses; nil
+	// leaves them out of /status.
+	probeKernel func() []fastpath.Feature
 }
 
 func defaultHooks() hooks {
-	return hooks{netns: -1, openPlane: openUserspace, openFastPath: openKernel}
+	return hooks{netns: -1, openPlane: openUserspace, openFastPath: openKernel, probeKernel: fastpath.Probe}
 }
 
 func (n *node) close() {
@@ -171,10 +175,11 @@ func (n *node) run(ctx context.Context) error {
 func (n *node) openPlanes(ctx context.Context, lease *subnet.Lease, user dataplane.Plane) ([]dataplane.Plane, error) {
 	planes := []dataplane.Plane{user}
 	reports := []status.PlaneReport{{Path: status.PathUserspace, Report: user.Report}}
-	kernel, err := n.startFastPath(*lease)
+	kernel, fp, err := n.startFastPath(*lease)
 	if err != nil {
 		return nil, err
 	}
+	n.recordKernel(fp, user.Report(false).Offloads)
 	if kernel != nil {
 		planes = append(planes, kernel)
 		reports = append(reports, status.PlaneReport{Path: status.PathKernel, Report: kernel.Report})

@@ -21,6 +21,7 @@ import (
 	"github.com/weft-net/weft/dataplane"
 	"github.com/weft-net/weft/etcd"
 	"github.com/weft-net/weft/etcd/etcdtest"
+	"github.com/weft-net/weft/fastpath"
 	"github.com/weft-net/weft/internal/netnstest"
 	"github.com/weft-net/weft/route"
 	"github.com/weft-net/weft/status"
@@ -183,6 +184,9 @@ func (n *testNode) launch(t *testing.T, fp testFastPath) {
 			return nil, status.FastPath{}, fp.err
 		}
 		return fp.plane, status.FastPath{Attach: "fake", SuperPackets: "kernel"}, nil
+	}, probeKernel: func() []fastpath.Feature {
+		return []fastpath.Feature{{Name: fastpath.FeatureTCX, Since: "6.6", Detail: "unknown (needs CAP_BPF)", Without: "clsact"},
+			{Name: fastpath.FeatureFibLookup, Since: "4.18", Without: "no fast path"}}
 	}}
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, stop := context.WithCancel(context.Background())

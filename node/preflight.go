@@ -54,22 +54,11 @@ func preflight(ctx context.Context, cfg Config, log *slog.Logger, h hooks) (*nod
 // lacks CAP_NET_ADMIN: without it the TUN, its routes and the nftables
 // rules are all refused, after a lease would already be held in etcd.
 func requireNetAdmin() error {
-	if hasCap(unix.CAP_NET_ADMIN) {
+	if fastpath.HasCap(unix.CAP_NET_ADMIN) {
 		return nil
 	}
 	return errors.New("missing CAP_NET_ADMIN, which the TUN device, its routes and the nftables rules need: " +
 		"run weft as root, or with AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF as systemd/weft.service does")
-}
-
-// hasCap reports whether the process holds capability c in its effective
-// set; when it cannot tell, it says yes and lets the privileged call decide.
-func hasCap(c int) bool {
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData // version 3 writes two
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return true
-	}
-	return data[c/32].Effective&(1<<(uint(c)%32)) != 0
 }
 
 // chooseInterface picks the underlay interface and the address to publish.

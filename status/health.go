@@ -49,6 +49,7 @@ type Health struct {
 	// planes reads the data planes, once they run; the first is the primary.
 	planes   []PlaneReport
 	fastPath *FastPath // nil until the node sets it
+	kernel   *Kernel   // nil until the node sets it
 	// etcdRequests reads the etcd client's request counts, if set.
 	etcdRequests func() map[string]uint64
 	store        string
@@ -175,6 +176,14 @@ func (h *Health) SetFastPath(f FastPath) {
 	h.mu.Unlock()
 }
 
+// SetKernel records the kernel's release and the features weft found.
+func (h *Health) SetKernel(k Kernel) {
+	k.Features = slices.Clone(k.Features)
+	h.mu.Lock()
+	h.kernel = &k
+	h.mu.Unlock()
+}
+
 // Status is the /status document; withPeers adds the per-peer list, which
 // costs in proportion to the cluster.
 func (h *Health) Status(withPeers bool) Status {
@@ -216,6 +225,11 @@ func (h *Health) Status(withPeers bool) Status {
 	if h.fastPath != nil {
 		f := *h.fastPath
 		s.FastPath = &f
+	}
+	if h.kernel != nil {
+		k := *h.kernel
+		k.Features = slices.Clone(k.Features)
+		s.Kernel = &k
 	}
 	s.Counters.Drops = map[string]uint64{}
 	if len(h.planes) > 0 {

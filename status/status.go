@@ -7,6 +7,7 @@ package status
 
 import (
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/weft-net/weft/dataplane"
@@ -39,6 +40,8 @@ type Status struct {
 	Firewall    *Firewall   `json:"firewall,omitempty"`
 	// FastPath is nil until the node says how it set the fast path up.
 	FastPath *FastPath `json:"fastPath,omitempty"`
+	// Kernel is nil until the node has probed the kernel's features.
+	Kernel *Kernel `json:"kernel,omitempty"`
 	// Peers is left out by /status?peers=0: at thousands of nodes it is
 	// most of the document.
 	Peers    []Peer   `json:"peers,omitzero"`
@@ -83,6 +86,28 @@ type FastPath struct {
 	// path runs: "kernel", or "userspace (why)".
 	SuperPackets string `json:"superPackets,omitempty"`
 }
+
+// Kernel is the running kernel and the features of it weft looked for:
+// the floor an operator reads off a node.
+type Kernel struct {
+	Release  string          `json:"release"` // uname -r
+	Features []KernelFeature `json:"features"`
+}
+
+// KernelFeature is one kernel feature weft uses where the kernel has it.
+type KernelFeature struct {
+	Name     string `json:"name"`  // "tcx", "bpf_fib_lookup", "udp_gso", ...
+	Since    string `json:"since"` // the first mainline release that has it
+	Detected bool   `json:"detected"`
+	// Detail starts with "unknown" where the probe could not tell
+	// ("unknown (needs CAP_BPF)"); else it may say how weft uses the
+	// feature ("in use") or why not.
+	Detail  string `json:"detail,omitempty"`
+	Without string `json:"without"` // what weft does without it
+}
+
+// Unknown reports whether the probe could not tell: not a "no".
+func (f KernelFeature) Unknown() bool { return !f.Detected && strings.HasPrefix(f.Detail, "unknown") }
 
 // Offloads says which kernel offloads the data path uses, and how often
 // the kernel refused one (weft then fell back to the plain path).

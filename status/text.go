@@ -1,6 +1,8 @@
 package status
 
 import (
+	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"maps"
@@ -49,6 +51,9 @@ func WriteText(w io.Writer, s *Status, now time.Time) {
 	fmt.Fprintf(tw, "device\t%s  mtu %d  source check %s  offload %s\n", s.Device, s.MTU, s.SourceCheck, offload)
 	if s.FastPath != nil {
 		fmt.Fprintf(tw, "fast path\t%s\n", fastPathLine(s.FastPath))
+	}
+	if s.Kernel != nil {
+		kernelLines(tw, s.Kernel)
 	}
 	if f := s.Firewall; f != nil {
 		state := "rules in place"
@@ -118,6 +123,32 @@ func fastPathLine(f *FastPath) string {
 		return fmt.Sprintf("not running: %s %s", f.Reason, flag)
 	}
 	return "not running " + flag
+}
+
+// kernelLines is the release, then a row per feature weft looked for:
+// yes, no with what weft does instead, or unknown with why.
+func kernelLines(w io.Writer, k *Kernel) {
+	fmt.Fprintf(w, "kernel\t%s\n", cmp.Or(k.Release, "(release unknown)"))
+	// The rows align among themselves, in the value column of w.
+	var rows bytes.Buffer
+	tw := tabwriter.NewWriter(&rows, 0, 4, 2, ' ', 0)
+	for _, f := range k.Features {
+		state, note := "yes", f.Detail
+		switch {
+		case f.Unknown():
+			state, note = "unknown", strings.TrimLeft(strings.TrimPrefix(f.Detail, "unknown"), " :")
+		case !f.Detected:
+			state = "no"
+		}
+		if !f.Detected && f.Without != "" {
+			note = strings.TrimPrefix(note+"; without it: "+f.Without, "; ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\tLinux %s+\t%s\n", f.Name, state, f.Since, note)
+	}
+	tw.Flush()
+	for line := range strings.Lines(rows.String()) {
+		fmt.Fprintf(w, "\t%s\n", strings.TrimRight(line, " \n"))
+	}
 }
 
 // trafficLine is the totals; once the kernel path has carried traffic,

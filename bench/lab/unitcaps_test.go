@@ -2,6 +2,7 @@ package lab
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -107,5 +108,22 @@ func TestE2EFastPathUnitCaps(t *testing.T) {
 	if after.TxBytes-before.TxBytes < 4<<20*9/10 || after.RxBytes-before.RxBytes < 4<<20*9/10 {
 		t.Errorf("n0's kernel path did not carry the transfers: %+v -> %+v", before, after)
 	}
-	t.Logf("unit's capabilities %v: fast path by %s, kernel path n0 %+v; offloads %+v", caps, attach, after, mustStatus(t, l, 0).Offloads)
+	st := mustStatus(t, l, 0)
+	t.Logf("unit's capabilities %v: fast path by %s, kernel path n0 %+v; offloads %+v", caps, attach, after, st.Offloads)
+	// With CAP_BPF every probe is conclusive, and the attach in use is
+	// among the features found.
+	if st.Kernel == nil {
+		t.Fatal("n0's status has no kernel section")
+	}
+	var found []string
+	for _, f := range st.Kernel.Features {
+		if f.Unknown() && !strings.HasPrefix(f.Name, "tun_") && !strings.HasPrefix(f.Name, "udp_") {
+			t.Errorf("n0 with the unit's capabilities: kernel feature %s unknown: %s", f.Name, f.Detail)
+		}
+		if f.Name == attach && !f.Detected {
+			t.Errorf("n0 attached by %s but its status says %s is missing: %+v", attach, attach, f)
+		}
+		found = append(found, fmt.Sprintf("%s=%v", f.Name, f.Detected))
+	}
+	t.Logf("kernel %s: %s", st.Kernel.Release, strings.Join(found, " "))
 }

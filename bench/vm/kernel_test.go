@@ -97,7 +97,8 @@ echo $? >%s/lab.rc
 		t.Fatalf("bench/lab on Linux %s: exit %q\n%s\nconsole:\n%s", k.Release, rc, log, con)
 	}
 	for line := range strings.Lines(string(log)) {
-		if strings.Contains(line, "--- ") || strings.Contains(line, "fast path by") || strings.Contains(line, "fastPath {") {
+		if strings.Contains(line, "--- ") || strings.Contains(line, "fast path by") || strings.Contains(line, "fastPath {") ||
+			strings.Contains(line, " tcx=") {
 			t.Log(strings.TrimRight(line, "\n"))
 		}
 	}

@@ -116,6 +116,10 @@ func TestInVMSystemd(t *testing.T) {
 	pid := u["MainPID"]
 	checkProcess(t, pid)
 	checkFastPath(t, "after start")
+	// The operator's view of the node, the kernel's features among it.
+	for line := range strings.Lines(output(t, "/usr/local/bin/weft", "status")) {
+		t.Logf("weft status | %s", strings.TrimRight(line, "\n"))
+	}
 
 	// The watchdog: weft keeps pinging past WatchdogSec=30s.
 	time.Sleep(time.Until(start.Add(40 * time.Second)))
@@ -160,6 +164,10 @@ func TestInVMSystemd(t *testing.T) {
 // the shipped environment file's endpoint with the network config.
 func hostReady(t *testing.T) {
 	t.Helper()
+	// Loaded here, not on demand: while systemd-udevd is still loading
+	// modules for the boot, the kernel's own request_module can give up
+	// (a CI run saw "Unknown device type"); modprobe waits its turn.
+	run(t, "modprobe", "dummy")
 	for _, c := range [][]string{{"link", "add", "ul0", "type", "dummy"}, {"addr", "add", "198.18.250.10/24", "dev", "ul0"},
 		{"link", "set", "ul0", "up"}, {"route", "add", "default", "via", "198.18.250.1", "dev", "ul0", "onlink"}} {
 		run(t, "ip", c...)
