@@ -96,7 +96,11 @@ func moduleOrder(modDir string, names []string) ([]string, error) {
 // (cached: nothing changes it while the VM runs)
 // under a tmpfs overlay, bind the kernel's modules and the output
 // directory (9p, read-write) into it, hide /.dockerenv (systemd would
-// take the VM for a container), and switch to weft.init=PATH.
+// take the VM for a container), and switch to weft.init=PATH. The
+// modules are bound from the read-only lower, not through the overlay:
+// systemd's boot empties /tmp (Debian's tmpfiles.d/tmp.conf, "D /tmp")
+// through the overlay, and a checkout under /tmp (as CI's) lost its
+// kernel's modules.dep so.
 const initScript = `#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /proc /sys /dev
 /bin/busybox --install -s /bin
@@ -119,7 +123,7 @@ mkdir /rw/upper /rw/work
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || exec sh
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out "/newroot$out" || exec sh
 mkdir -p "/newroot/lib/modules/$(uname -r)"
-mount --bind "/newroot$mods" "/newroot/lib/modules/$(uname -r)"
+mount --bind "/lower$mods" "/newroot/lib/modules/$(uname -r)"
 rm -f /newroot/.dockerenv
 umount /proc /sys
 mount --move /dev /newroot/dev

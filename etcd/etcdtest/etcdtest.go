@@ -124,13 +124,34 @@ func StartServer(dir, clientURL string, opts ...Option) (*Server, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("start etcd: %w", err)
 	}
-	peerURL, err := loadPeerURL(dir)
+	// A peer port chosen just now can be taken before etcd binds it (a
+	// parallel test's listener): on a first start, choose again.
+	for attempt := 0; ; attempt++ {
+		e, fresh, err := startOnce(dir, cu, o)
+		if err == nil {
+			return &Server{etcd: e, dir: dir, clientURL: clientURL}, nil
+		}
+		if !fresh || attempt == 4 || !strings.Contains(err.Error(), "address already in use") {
+			return nil, err
+		}
+		for _, f := range []string{filepath.Join(dir, peerURLFile), filepath.Join(dir, "data")} {
+			if rerr := os.RemoveAll(f); rerr != nil {
+				return nil, fmt.Errorf("%w (and clearing %s for another peer port: %w)", err, f, rerr)
+			}
+		}
+	}
+}
+
+// startOnce starts etcd once; fresh says the peer URL was chosen for it.
+func startOnce(dir string, cu *url.URL, o options) (*embed.Etcd, bool, error) {
+	clientURL := cu.String()
+	peerURL, fresh, err := loadPeerURL(dir)
 	if err != nil {
-		return nil, fmt.Errorf("start etcd in %s: %w", dir, err)
+		return nil, false, fmt.Errorf("start etcd in %s: %w", dir, err)
 	}
 	pu, err := url.Parse(peerURL)
 	if err != nil {
-		return nil, fmt.Errorf("start etcd in %s: peer URL %q: %w", dir, peerURL, err)
+		return nil, false, fmt.Errorf("start etcd in %s: peer URL %q: %w", dir, peerURL, err)
 	}
 
 	cfg := embed.NewConfig()
@@ -150,7 +171,7 @@ func StartServer(dir, clientURL string, opts ...Option) (*Server, error) {
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("start etcd on %s: %w", clientURL, err)
+		return nil, fresh, fmt.Errorf("start etcd on %s (peer %s): %w", clientURL, peerURL, err)
 	}
 	timer := time.NewTimer(readyTimeout)
 	defer timer.Stop()
@@ -158,12 +179,12 @@ func StartServer(dir, clientURL string, opts ...Option) (*Server, error) {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
 		e.Close()
-		return nil, fmt.Errorf("start etcd on %s: %w", clientURL, err)
+		return nil, fresh, fmt.Errorf("start etcd on %s (peer %s): %w", clientURL, peerURL, err)
 	case <-timer.C:
 		e.Close()
-		return nil, fmt.Errorf("start etcd on %s: not ready after %v", clientURL, readyTimeout)
+		return nil, false, fmt.Errorf("start etcd on %s: not ready after %v", clientURL, readyTimeout)
 	}
-	return &Server{etcd: e, dir: dir, clientURL: clientURL}, nil
+	return e, fresh, nil
 }
 
 // Endpoint is the client URL to give to clients.
@@ -190,25 +211,25 @@ func collect(opts []Option) options {
 }
 
 // loadPeerURL returns the peer URL stored in dir, choosing and storing a
-// free one on first use.
-func loadPeerURL(dir string) (string, error) {
+// free one on first use (fresh).
+func loadPeerURL(dir string) (u string, fresh bool, err error) {
 	name := filepath.Join(dir, peerURLFile)
 	b, err := os.ReadFile(name)
 	if err == nil {
-		return strings.TrimSpace(string(b)), nil
+		return strings.TrimSpace(string(b)), false, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
-		return "", fmt.Errorf("read peer URL: %w", err)
+		return "", false, fmt.Errorf("read peer URL: %w", err)
 	}
 	port, err := freePort()
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
-	u := fmt.Sprintf("http://127.0.0.1:%d", port)
+	u = fmt.Sprintf("http://127.0.0.1:%d", port)
 	if err := os.WriteFile(name, []byte(u+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("write peer URL: %w", err)
+		return "", false, fmt.Errorf("write peer URL: %w", err)
 	}
-	return u, nil
+	return u, true, nil
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
