@@ -106,12 +106,62 @@ func SummaryCell(m MetricSummary, p PathSummary) string {
 	case p.Ratio == nil:
 	case p.Path == Baseline:
 		s += " (1×)"
-	case len(p.Ratio.Rounds) == 1 || FormatRatio(p.Ratio.Min) == FormatRatio(p.Ratio.Max):
-		s += " (" + FormatRatio(p.Ratio.Median) + ")"
 	default:
-		s += fmt.Sprintf(" (%s, %s–%s)", FormatRatio(p.Ratio.Median), strings.TrimSuffix(FormatRatio(p.Ratio.Min), "×"), FormatRatio(p.Ratio.Max))
+		s += " (" + ratioText(p.Ratio) + ")"
 	}
 	return s
+}
+
+// ratioText is a ratio's median and, where the rounds differ, its range:
+// "0.17×, 0.10–0.25×".
+func ratioText(r *Ratio) string {
+	if len(r.Rounds) == 1 || FormatRatio(r.Min) == FormatRatio(r.Max) {
+		return FormatRatio(r.Median)
+	}
+	return fmt.Sprintf("%s, %s–%s", FormatRatio(r.Median), strings.TrimSuffix(FormatRatio(r.Min), "×"), FormatRatio(r.Max))
+}
+
+// FloorCell is one path's cell of the floor table: its ratio to host-gw
+// and whether the median reaches FloorGoal ("✓") or not ("✗").
+func FloorCell(m MetricSummary, p PathSummary) string {
+	if p.FloorRatio == nil {
+		return "–"
+	}
+	mark := "✗"
+	if p.MeetsFloor(m) {
+		mark = "✓"
+	}
+	return ratioText(p.FloorRatio) + " " + mark
+}
+
+// FloorTable is profile's ratios to host-gw as a Markdown table, for
+// every path but host-gw and every metric that has them.
+func FloorTable(res *Results, profile string) string {
+	var b strings.Builder
+	t := titles(res)
+	b.WriteString("| metric, ÷ host-gw |")
+	var cols []string
+	for _, p := range res.Paths {
+		if p.Name != Floor {
+			cols = append(cols, p.Name)
+			b.WriteString(" " + mdEscape(t[p.Name]) + " |")
+		}
+	}
+	b.WriteString("\n|---|" + strings.Repeat("---|", len(cols)) + "\n")
+	for _, m := range res.ProfileMetrics(profile) {
+		cells, have := make([]string, 0, len(cols)), false
+		for _, p := range m.Paths {
+			if p.Path == Floor {
+				continue
+			}
+			cells = append(cells, FloorCell(m, p))
+			have = have || p.FloorRatio != nil
+		}
+		if have {
+			b.WriteString("| " + mdEscape(m.heading()) + " | " + strings.Join(cells, " | ") + " |\n")
+		}
+	}
+	return b.String()
 }
 
 func (m MetricSummary) heading() string {
@@ -209,6 +259,10 @@ func reportSummary(b *strings.Builder, res *Results) {
 		fmt.Fprintf(b, "### Underlay: %s\n\n%s.\n\n", pr.Title, upperFirst(pr.Description))
 		b.WriteString(SummaryTable(res, pr.Name))
 		b.WriteString("\n")
+		if ft := FloorTable(res, pr.Name); strings.Count(ft, "\n") > 2 {
+			fmt.Fprintf(b, "Against host-gw, the floor (no encapsulation), same rounds: ✓ where the median reaches %s of it (≥ %s where higher is better, ≤ %s where lower is better).\n\n%s\n",
+				FormatRatio(FloorGoal), FormatRatio(FloorGoal), FormatRatio(1/FloorGoal), ft)
+		}
 	}
 	if len(res.Profiles) > 0 {
 		fmt.Fprintf(b, "The chart shows the first underlay, %s, only (two would be cluttered; the tables have both):\n\n", res.Profiles[0].Title)

@@ -152,6 +152,30 @@ func TestSummarize(t *testing.T) {
 	if p := metric(t, res, "ping_p50_ms", "host-gw"); p.Ratio == nil || !near(p.Ratio.Median, 1/1.2) {
 		t.Errorf("host-gw ping ratio = %+v", p.Ratio)
 	}
+	// The floor: each path against host-gw of the same round, in the
+	// metric's direction.
+	if u := metric(t, res, "udp64_kpps", "veth"); u.FloorRatio == nil || !near(u.FloorRatio.Median, 1.4/1.2) {
+		t.Errorf("veth udp64 ratio to host-gw = %+v, want %g", u.FloorRatio, 1.4/1.2)
+	}
+	for _, c := range []struct {
+		key, path string
+		meets     bool
+	}{
+		{"udp64_kpps", "veth", true}, {"udp64_kpps", "weft", false}, {"udp64_kpps", Floor, true},
+		{"ping_p50_ms", "veth", true},     // 1.2/1.4 of host-gw's latency
+		{"ping_p50_ms", Baseline, false},  // 1.2× host-gw's latency
+		{"tun_tx_dropped", "weft", false}, // a counter has no ratio
+	} {
+		var m MetricSummary
+		for _, ms := range res.Summary[0].Metrics {
+			if ms.Key == c.key {
+				m = ms
+			}
+		}
+		if got := metric(t, res, c.key, c.path).MeetsFloor(m); got != c.meets {
+			t.Errorf("%s of %s meets the floor: %v, want %v", c.key, c.path, got, c.meets)
+		}
+	}
 	// Failed round: one value missing, the median from the other.
 	rr := metric(t, res, "rr_kps", "veth")
 	if rr.Values[1] != nil || rr.Values[0] == nil || !near(*rr.Median, 70) || len(rr.Ratio.Rounds) != 1 {
@@ -244,6 +268,9 @@ func TestWriteReport(t *testing.T) {
 		"](chart.svg)",
 		"1 of 120 tests failed",
 		"kernel fast path: running (tcx) on both nodes",
+		"| metric, ÷ host-gw | weft | weft -fast-path=off | kernel VXLAN | bare veth |",
+		"| UDP 64 B delivered, kpps ↑ | 0.083× ✗ | 0.042× ✗ | 0.83× ✗ | 1.17× ✓ |",
+		"| ping RTT p50, ms ↓ | 12.0× ✗ | 24.0× ✗ | 1.20× ✗ | 0.86× ✓ |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)
@@ -308,8 +335,20 @@ func TestWriteChart(t *testing.T) {
 		}
 	}
 	bars := map[string]map[string]float64{} // metric → path → height
+	floors := map[string][2]float64{}       // metric → ratio, y
+	bottom := 0.0
 	var texts []string
 	root.walk(func(n svgNode) {
+		if n.XMLName.Local == "line" && n.attr("class") == "floor" {
+			r, _ := strconv.ParseFloat(n.attr("data-ratio"), 64)
+			y, _ := strconv.ParseFloat(n.attr("y1"), 64)
+			floors[n.attr("data-metric")] = [2]float64{r, y}
+		}
+		if n.XMLName.Local == "rect" && n.attr("class") == "bar" && n.attr("data-metric") == "tcp1_gbps" {
+			y, _ := strconv.ParseFloat(n.attr("y"), 64)
+			h, _ := strconv.ParseFloat(n.attr("height"), 64)
+			bottom = y + h
+		}
 		if n.XMLName.Local == "text" {
 			texts = append(texts, n.Text)
 		}
@@ -346,6 +385,19 @@ func TestWriteChart(t *testing.T) {
 	// host-gw's ping is 1/1.2 of vxlan's.
 	if h, v := bars["ping_p50_ms"]["host-gw"], bars["ping_p50_ms"]["vxlan"]; math.Abs(h/v-1/1.2) > 0.01 {
 		t.Errorf("ping bar heights host-gw %g vxlan %g", h, v)
+	}
+	// One floor line per charted metric, at 0.95 of host-gw's bar where
+	// higher is better (host-gw's tcp1 is 1.2× VXLAN), at host-gw's ÷ 0.95
+	// where lower is better.
+	if len(floors) != charted {
+		t.Errorf("floor lines for %d metrics, want %d", len(floors), charted)
+	}
+	if f := floors["tcp1_gbps"]; !near(f[0], 1.14) || math.Abs((bottom-f[1])/bars["tcp1_gbps"]["host-gw"]-FloorGoal) > 0.01 {
+		t.Errorf("tcp1 floor line at ratio %g, y %g (bars' bottom %g, host-gw's bar %g high), want 0.95 of host-gw's bar",
+			f[0], f[1], bottom, bars["tcp1_gbps"]["host-gw"])
+	}
+	if f := floors["ping_p50_ms"]; math.Abs(f[0]-1/1.2/FloorGoal) > 1e-4 {
+		t.Errorf("ping floor line at ratio %g, want %g", f[0], 1/1.2/FloorGoal)
 	}
 	all := strings.Join(texts, "\n")
 	for _, want := range []string{"kernel VXLAN", "weft -fast-path=off", "bare veth", "VXLAN = 11.0 Gb/s", "0.17", "higher is better",

@@ -10,6 +10,15 @@ import (
 // Baseline is the path every other is compared with.
 const Baseline = "vxlan"
 
+// Floor is the no-encapsulation path an overlay can approach (flannel's
+// host-gw: plain routes), and FloorGoal the share of it every path of weft
+// aims at: ≥ 0.95× of host-gw where higher is better, ≤ 1/0.95× where
+// lower is better (issue #23).
+const (
+	Floor     = "host-gw"
+	FloorGoal = 0.95
+)
+
 // Test names, in the order each round runs them.
 const (
 	TestTCP1  = "tcp1"
@@ -306,6 +315,20 @@ type PathSummary struct {
 	// Ratio to the baseline of the same round; absent where the
 	// baseline is zero or missing.
 	Ratio *Ratio `json:"ratio,omitempty"`
+	// FloorRatio is the same to host-gw (Floor).
+	FloorRatio *Ratio `json:"floorRatio,omitempty"`
+}
+
+// MeetsFloor says whether the median ratio to host-gw reaches FloorGoal
+// in metric m's direction; false without a ratio.
+func (p PathSummary) MeetsFloor(m MetricSummary) bool {
+	if p.FloorRatio == nil {
+		return false
+	}
+	if m.Higher {
+		return p.FloorRatio.Median >= FloorGoal
+	}
+	return p.FloorRatio.Median <= 1/FloorGoal
 }
 
 // Ratio is path ÷ baseline: the median over rounds and the range.
@@ -347,7 +370,6 @@ func Summarize(samples []Sample, paths []string, rounds int) []MetricSummary {
 			}
 			values[p] = vs
 		}
-		base := values[Baseline]
 		for _, p := range paths {
 			ps := PathSummary{Path: p, Values: values[p]}
 			var got []float64
@@ -360,20 +382,30 @@ func Summarize(samples []Sample, paths []string, rounds int) []MetricSummary {
 				med := Median(got)
 				ps.Median = &med
 			}
-			var ratios []float64
-			for r, v := range values[p] {
-				if v != nil && base != nil && base[r] != nil && *base[r] > 0 {
-					ratios = append(ratios, *v / *base[r])
-				}
-			}
-			if len(ratios) > 0 && !m.Counter {
-				ps.Ratio = &Ratio{Median: Median(ratios), Min: slices.Min(ratios), Max: slices.Max(ratios), Rounds: ratios}
+			if !m.Counter {
+				ps.Ratio = roundRatios(values[p], values[Baseline])
+				ps.FloorRatio = roundRatios(values[p], values[Floor])
 			}
 			ms.Paths = append(ms.Paths, ps)
 		}
 		out = append(out, ms)
 	}
 	return out
+}
+
+// roundRatios is vs ÷ base round by round, over the rounds where both
+// have a value and base's is positive; nil if there is none.
+func roundRatios(vs, base []*float64) *Ratio {
+	var ratios []float64
+	for r, v := range vs {
+		if v != nil && r < len(base) && base[r] != nil && *base[r] > 0 {
+			ratios = append(ratios, *v / *base[r])
+		}
+	}
+	if len(ratios) == 0 {
+		return nil
+	}
+	return &Ratio{Median: Median(ratios), Min: slices.Min(ratios), Max: slices.Max(ratios), Rounds: ratios}
 }
 
 // SummarizeProfiles summarizes res.Samples per profile, in the order of

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strconv"
 	"strings"
 )
 
@@ -79,7 +80,8 @@ func WriteChart(w io.Writer, res *Results) error {
 		return err
 	}
 	text(&b, marginL, h-14, 11, "start", "normal", "#555", fmt.Sprintf(
-		"Each bar: the path ÷ kernel VXLAN of the same round, median over rounds. ▲: cut at %g×, value printed. Numbers, ranges and method: report.md", maxRatio))
+		"Each bar: the path ÷ kernel VXLAN of the same round, median over rounds. Dotted: %s host-gw (below: ÷ %s). ▲: cut at %g×. Ranges, method: report.md",
+		FormatRatio(FloorGoal), trimZeros(FloorGoal), maxRatio))
 	b.WriteString("</svg>\n")
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -120,6 +122,7 @@ func panel(b *strings.Builder, res *Results, ms []MetricSummary, y float64, subt
 			pa.bar(b, m, p, pathColor(res, pi), gx+barW*float64(pi), barW, t[p.Path])
 		}
 		pa.groupLabels(b, m, float64(marginL)+groupW*(float64(gi)+0.5))
+		pa.floorLine(b, m, gx-4, barW*float64(n)+8)
 	}
 	// The baseline, over the bars.
 	by := pa.yOf(1)
@@ -194,6 +197,25 @@ func (pa plotArea) bar(b *strings.Builder, m MetricSummary, p PathSummary, fill 
 			lx+3, ly, lx+3, ly, esc(label))
 	} else {
 		text(b, lx, ly, 10, "middle", "normal", "#222", label)
+	}
+}
+
+// floorLine marks metric m's goal against host-gw across its group's
+// bars (x, w wide): FloorGoal of host-gw's ratio where higher is better,
+// host-gw's ratio ÷ FloorGoal where lower is better. A bar that reaches the
+// line (past it, where lower is better: below it) meets the goal.
+func (pa plotArea) floorLine(b *strings.Builder, m MetricSummary, x, w float64) {
+	for _, p := range m.Paths {
+		if p.Path != Floor || p.Ratio == nil {
+			continue
+		}
+		v := p.Ratio.Median * FloorGoal
+		if !m.Higher {
+			v = p.Ratio.Median / FloorGoal
+		}
+		y := pa.yOf(v)
+		fmt.Fprintf(b, `<line class="floor" data-metric="%s" data-ratio="%s" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#000" stroke-width="1.5" stroke-dasharray="2 2"><title>%s</title></line>`+"\n",
+			esc(m.Key), strconv.FormatFloat(v, 'f', 4, 64), x, y, x+w, y, esc(fmt.Sprintf("%s: %s host-gw (%s of VXLAN)", m.Label, FormatRatio(FloorGoal), trimX(FormatRatio(v)))))
 	}
 }
 
